@@ -1,0 +1,664 @@
+//! Configuration: the TOML file as written ([`RawConfig`], serde, unknown keys refused) and
+//! the validated, typed [`Config`] the rest of the gateway uses.
+//!
+//! Validation happens once, here. Downstream code never re-checks strings, parses URLs or
+//! unwraps options: a `Config` that exists is one the gateway can run.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused. The message always names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid config: {key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The file as written.
+// ---------------------------------------------------------------------------------------
+
+/// The TOML file, with defaults filled in. Printed (secrets never included) by `check-config`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Listener, limits and shutdown.
+    #[serde(default)]
+    pub server: RawServer,
+    /// Where requests go.
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+    /// Which model ids are served and by which upstream.
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Larger request bodies are refused with 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Seconds in-flight requests and streams get to finish after SIGTERM.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body_bytes(),
+            shutdown_grace_secs: default_shutdown_grace_secs(),
+        }
+    }
+}
+
+/// `[[upstreams]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Unique name, referenced by `[[models]].upstream`.
+    pub name: String,
+    /// OpenAI-compatible base URL, e.g. `https://api.scaleway.ai/v1`.
+    pub base_url: String,
+    /// Environment variable holding the upstream API key. Without it the client's own
+    /// `Authorization` header is forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// TCP (and TLS) connect timeout.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time allowed until the upstream's response headers; a stream may then run on.
+    #[serde(default = "default_first_byte_timeout_ms")]
+    pub first_byte_timeout_ms: u64,
+}
+
+/// `[[models]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// Model id clients send; `"*"` matches every model not listed.
+    pub id: String,
+    /// Name of the upstream serving it.
+    pub upstream: String,
+    /// Name sent upstream instead of `id` (rewrites `"model"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_model: Option<String>,
+    /// Context window in tokens, for the budget check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u32>,
+    /// Images allowed per request.
+    #[serde(default = "default_max_images")]
+    pub max_images: u32,
+    /// Longest image side sent upstream, in pixels.
+    #[serde(default = "default_max_image_edge")]
+    pub max_image_edge: u32,
+    /// How an image is counted: "pixtral" | "patch" | "fixed".
+    #[serde(default = "default_image_tokens")]
+    pub image_tokens: String,
+    /// Patch edge in pixels for "pixtral" and "patch".
+    #[serde(default = "default_patch_size")]
+    pub patch_size: u32,
+    /// Tokens per image for "fixed".
+    #[serde(default)]
+    pub tokens_per_image: u32,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+fn default_max_body_bytes() -> u64 {
+    32 * 1024 * 1024
+}
+fn default_shutdown_grace_secs() -> u64 {
+    30
+}
+fn default_connect_timeout_ms() -> u64 {
+    3_000
+}
+fn default_first_byte_timeout_ms() -> u64 {
+    120_000
+}
+fn default_max_images() -> u32 {
+    12
+}
+fn default_max_image_edge() -> u32 {
+    1024
+}
+fn default_image_tokens() -> String {
+    "pixtral".to_owned()
+}
+fn default_patch_size() -> u32 {
+    16
+}
+
+impl RawConfig {
+    /// Reads and parses a TOML file. Unknown keys are errors that name the key.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<text>".to_owned(),
+            source: Box::new(e),
+        })
+    }
+
+    /// The resolved configuration as TOML. It holds no secret: keys live in the environment
+    /// and only the variable names are printed.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The validated configuration.
+// ---------------------------------------------------------------------------------------
+
+/// A secret read from the environment. Its `Debug` never shows the value.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for building the upstream `Authorization` header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub models: Vec<ModelConfig>,
+}
+
+/// Validated `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: NonZeroU64,
+    pub shutdown_grace: Duration,
+}
+
+/// Validated `[[upstreams]]`.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// The URL chat completions are posted to: `{base_url}/chat/completions`.
+    pub chat_completions_url: http::Uri,
+    /// The key sent as `Authorization: Bearer`, when the upstream has its own.
+    pub api_key: Option<Secret>,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+}
+
+/// Which requests a model entry serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelMatch {
+    /// Exactly this id.
+    Exact(String),
+    /// Every id not listed elsewhere (`"*"`).
+    Wildcard,
+}
+
+/// How an image is counted against the context window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageTokens {
+    /// `ceil(h/p) * (ceil(w/p) + 1)`: one token per patch plus one break token per row.
+    Pixtral { patch: NonZeroU32 },
+    /// `ceil(h/p) * ceil(w/p)`.
+    Patch { patch: NonZeroU32 },
+    /// The same count for every image.
+    Fixed { tokens: NonZeroU32 },
+}
+
+/// Validated `[[models]]`.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub matches: ModelMatch,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    pub upstream_model: Option<String>,
+    pub context_window: Option<NonZeroU32>,
+    pub max_images: u32,
+    pub max_image_edge: NonZeroU32,
+    pub image_tokens: ImageTokens,
+}
+
+impl Config {
+    /// Validates a raw config. `listen_override` (CLI or environment) wins over the file.
+    pub fn from_raw(
+        raw: &RawConfig,
+        listen_override: Option<SocketAddr>,
+    ) -> Result<Self, ConfigError> {
+        let server = validate_server(&raw.server, listen_override)?;
+        if raw.upstreams.is_empty() {
+            return Err(invalid(
+                "upstreams",
+                "at least one [[upstreams]] entry is required",
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+        for (i, u) in raw.upstreams.iter().enumerate() {
+            if !names.insert(u.name.as_str()) {
+                return Err(invalid(
+                    format!("upstreams[{i}].name"),
+                    format!("the name `{}` is used by more than one upstream", u.name),
+                ));
+            }
+            upstreams.push(validate_upstream(i, u)?);
+        }
+        if raw.models.is_empty() {
+            return Err(invalid(
+                "models",
+                "at least one [[models]] entry is required (id = \"*\" serves every model)",
+            ));
+        }
+        let mut ids = HashSet::new();
+        let mut models = Vec::with_capacity(raw.models.len());
+        for (i, m) in raw.models.iter().enumerate() {
+            if !ids.insert(m.id.as_str()) {
+                return Err(invalid(
+                    format!("models[{i}].id"),
+                    format!("the id `{}` is listed more than once", m.id),
+                ));
+            }
+            models.push(validate_model(i, m, &raw.upstreams)?);
+        }
+        Ok(Self {
+            server,
+            upstreams,
+            models,
+        })
+    }
+
+    /// The configuration used when no file is given: every model goes to the built-in
+    /// stand-in upstream at `mock`, which must be a loopback address.
+    pub fn builtin(
+        mock: SocketAddr,
+        listen_override: Option<SocketAddr>,
+    ) -> Result<Self, ConfigError> {
+        let raw = RawConfig::builtin(mock);
+        Self::from_raw(&raw, listen_override)
+    }
+}
+
+impl RawConfig {
+    /// The raw form of [`Config::builtin`].
+    pub fn builtin(mock: SocketAddr) -> Self {
+        let upstream = "builtin-mock".to_owned();
+        let model = |id: &str, context_window| RawModel {
+            id: id.to_owned(),
+            upstream: upstream.clone(),
+            upstream_model: None,
+            context_window,
+            max_images: default_max_images(),
+            max_image_edge: default_max_image_edge(),
+            image_tokens: default_image_tokens(),
+            patch_size: default_patch_size(),
+            tokens_per_image: 0,
+        };
+        Self {
+            server: RawServer::default(),
+            upstreams: vec![RawUpstream {
+                name: upstream.clone(),
+                base_url: format!("http://{mock}/v1"),
+                api_key_env: None,
+                connect_timeout_ms: default_connect_timeout_ms(),
+                first_byte_timeout_ms: default_first_byte_timeout_ms(),
+            }],
+            models: vec![model("pixtral-12b-2409", Some(128_000)), model("*", None)],
+        }
+    }
+}
+
+fn validate_server(
+    raw: &RawServer,
+    listen_override: Option<SocketAddr>,
+) -> Result<ServerConfig, ConfigError> {
+    let listen = match listen_override {
+        Some(addr) => addr,
+        None => raw.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8080 or [::1]:8080",
+                    raw.listen
+                ),
+            )
+        })?,
+    };
+    let max_body_bytes = NonZeroU64::new(raw.max_body_bytes)
+        .ok_or_else(|| invalid("server.max_body_bytes", "must be greater than 0"))?;
+    Ok(ServerConfig {
+        listen,
+        max_body_bytes,
+        shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs),
+    })
+}
+
+fn validate_upstream(i: usize, raw: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+    let key = |field: &str| format!("upstreams[{i}].{field}");
+    if raw.name.is_empty() {
+        return Err(invalid(key("name"), "must not be empty"));
+    }
+    let base = url::Url::parse(&raw.base_url).map_err(|e| {
+        invalid(
+            key("base_url"),
+            format!("`{}` is not a URL: {e}", raw.base_url),
+        )
+    })?;
+    if !matches!(base.scheme(), "http" | "https") {
+        return Err(invalid(
+            key("base_url"),
+            "must start with http:// or https://",
+        ));
+    }
+    if !base.username().is_empty() || base.password().is_some() {
+        return Err(invalid(
+            key("base_url"),
+            "must not contain credentials; use api_key_env for the upstream key",
+        ));
+    }
+    if base.query().is_some() || base.fragment().is_some() {
+        return Err(invalid(
+            key("base_url"),
+            "must not have a query or fragment",
+        ));
+    }
+    let chat = format!("{}/chat/completions", base.as_str().trim_end_matches('/'));
+    let chat_completions_url: http::Uri = chat.parse().map_err(|e| {
+        invalid(
+            key("base_url"),
+            format!("`{}` is not usable: {e}", raw.base_url),
+        )
+    })?;
+    let api_key = match &raw.api_key_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(Secret(v)),
+            _ => {
+                return Err(invalid(
+                    key("api_key_env"),
+                    format!("the environment variable `{var}` is not set or empty"),
+                ));
+            }
+        },
+    };
+    let connect_timeout = positive_ms(raw.connect_timeout_ms, || key("connect_timeout_ms"))?;
+    let first_byte_timeout =
+        positive_ms(raw.first_byte_timeout_ms, || key("first_byte_timeout_ms"))?;
+    Ok(UpstreamConfig {
+        name: raw.name.clone(),
+        chat_completions_url,
+        api_key,
+        connect_timeout,
+        first_byte_timeout,
+    })
+}
+
+fn positive_ms(ms: u64, key: impl FnOnce() -> String) -> Result<Duration, ConfigError> {
+    if ms == 0 {
+        return Err(invalid(key(), "must be greater than 0"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn validate_model(
+    i: usize,
+    raw: &RawModel,
+    upstreams: &[RawUpstream],
+) -> Result<ModelConfig, ConfigError> {
+    let key = |field: &str| format!("models[{i}].{field}");
+    let matches = match raw.id.as_str() {
+        "" => return Err(invalid(key("id"), "must not be empty")),
+        "*" => ModelMatch::Wildcard,
+        id => ModelMatch::Exact(id.to_owned()),
+    };
+    let upstream = upstreams
+        .iter()
+        .position(|u| u.name == raw.upstream)
+        .ok_or_else(|| {
+            invalid(
+                key("upstream"),
+                format!(
+                    "model `{}` names the upstream `{}`, which is not defined in [[upstreams]]",
+                    raw.id, raw.upstream
+                ),
+            )
+        })?;
+    if raw.upstream_model.as_deref() == Some("") {
+        return Err(invalid(key("upstream_model"), "must not be empty"));
+    }
+    let context_window = match raw.context_window {
+        None => None,
+        Some(n) => Some(
+            NonZeroU32::new(n)
+                .ok_or_else(|| invalid(key("context_window"), "must be greater than 0"))?,
+        ),
+    };
+    let max_image_edge = NonZeroU32::new(raw.max_image_edge)
+        .ok_or_else(|| invalid(key("max_image_edge"), "must be greater than 0"))?;
+    let patch = || {
+        NonZeroU32::new(raw.patch_size)
+            .ok_or_else(|| invalid(key("patch_size"), "must be greater than 0"))
+    };
+    let image_tokens = match raw.image_tokens.as_str() {
+        "pixtral" => ImageTokens::Pixtral { patch: patch()? },
+        "patch" => ImageTokens::Patch { patch: patch()? },
+        "fixed" => ImageTokens::Fixed {
+            tokens: NonZeroU32::new(raw.tokens_per_image).ok_or_else(|| {
+                invalid(
+                    key("tokens_per_image"),
+                    "must be greater than 0 when image_tokens = \"fixed\"",
+                )
+            })?,
+        },
+        other => {
+            return Err(invalid(
+                key("image_tokens"),
+                format!("`{other}` is not one of \"pixtral\", \"patch\", \"fixed\""),
+            ));
+        }
+    };
+    Ok(ModelConfig {
+        matches,
+        upstream,
+        upstream_model: raw.upstream_model.clone(),
+        context_window,
+        max_images: raw.max_images,
+        max_image_edge,
+        image_tokens,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_raw(&RawConfig::from_toml(text)?, None)
+    }
+
+    const MINIMAL: &str = r#"
+        [[upstreams]]
+        name = "up"
+        base_url = "http://127.0.0.1:9/v1/"
+        [[models]]
+        id = "*"
+        upstream = "up"
+    "#;
+
+    #[test]
+    fn the_annotated_example_parses_and_validates() {
+        let text = include_str!("../config/vision-gateway.toml");
+        let raw = RawConfig::from_toml(text).map_err(|e| e.to_string());
+        // The example names SCW_SECRET_KEY; validation needs it set.
+        // SAFETY of the test: no other test reads this variable.
+        let raw = match raw {
+            Ok(r) => r,
+            Err(e) => panic!("example config does not parse: {e}"),
+        };
+        let mut raw = raw;
+        for u in &mut raw.upstreams {
+            u.api_key_env = None;
+        }
+        let cfg = Config::from_raw(&raw, None);
+        assert!(cfg.is_ok(), "{cfg:?}");
+    }
+
+    #[test]
+    fn the_minimal_example_parses() {
+        let text = include_str!("../config/minimal.toml");
+        let cfg = parse(text);
+        assert!(cfg.is_ok(), "{cfg:?}");
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let cfg = parse(MINIMAL).map_err(|e| e.to_string());
+        let Ok(cfg) = cfg else { panic!("{cfg:?}") };
+        assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(cfg.server.max_body_bytes.get(), 33_554_432);
+        assert_eq!(cfg.server.shutdown_grace, Duration::from_secs(30));
+        let up = &cfg.upstreams[0];
+        assert_eq!(
+            up.chat_completions_url.to_string(),
+            "http://127.0.0.1:9/v1/chat/completions"
+        );
+        assert_eq!(up.connect_timeout, Duration::from_millis(3000));
+        assert_eq!(up.first_byte_timeout, Duration::from_millis(120_000));
+        let m = &cfg.models[0];
+        assert_eq!(m.matches, ModelMatch::Wildcard);
+        assert_eq!(m.max_images, 12);
+        assert_eq!(m.max_image_edge.get(), 1024);
+        assert!(matches!(m.image_tokens, ImageTokens::Pixtral { patch } if patch.get() == 16));
+    }
+
+    fn err_of(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("config should be refused:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let e = err_of(&format!("{MINIMAL}\n[server]\nlisten_port = 1\n"));
+        assert!(e.contains("listen_port"), "{e}");
+        let e = err_of("[[upstreams]]\nname = \"a\"\nbase_url = \"http://x\"\nbase_ulr = \"y\"\n");
+        assert!(e.contains("base_ulr"), "{e}");
+    }
+
+    #[test]
+    fn a_model_naming_a_missing_upstream_is_refused() {
+        let e = err_of(
+            "[[upstreams]]\nname = \"a\"\nbase_url = \"http://x\"\n[[models]]\nid = \"m\"\nupstream = \"nope\"\n",
+        );
+        assert!(
+            e.contains("models[0].upstream") && e.contains("`nope`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            (
+                "[[upstreams]]\nname = \"a\"\nbase_url = \"ftp://x\"\n[[models]]\nid = \"*\"\nupstream = \"a\"\n",
+                "upstreams[0].base_url",
+            ),
+            (
+                "[[upstreams]]\nname = \"a\"\nbase_url = \"http://u:p@x\"\n[[models]]\nid = \"*\"\nupstream = \"a\"\n",
+                "upstreams[0].base_url",
+            ),
+            (
+                "[[upstreams]]\nname = \"a\"\nbase_url = \"http://x\"\n[[upstreams]]\nname = \"a\"\nbase_url = \"http://y\"\n[[models]]\nid = \"*\"\nupstream = \"a\"\n",
+                "upstreams[1].name",
+            ),
+            (
+                "[[upstreams]]\nname = \"a\"\nbase_url = \"http://x\"\napi_key_env = \"VG_TEST_SURELY_UNSET_VAR\"\n[[models]]\nid = \"*\"\nupstream = \"a\"\n",
+                "VG_TEST_SURELY_UNSET_VAR",
+            ),
+            (
+                "[[upstreams]]\nname = \"a\"\nbase_url = \"http://x\"\n[[models]]\nid = \"m\"\nupstream = \"a\"\nimage_tokens = \"tiles\"\n",
+                "models[0].image_tokens",
+            ),
+            (
+                "[[upstreams]]\nname = \"a\"\nbase_url = \"http://x\"\n[[models]]\nid = \"m\"\nupstream = \"a\"\nimage_tokens = \"fixed\"\n",
+                "models[0].tokens_per_image",
+            ),
+            (
+                "[[upstreams]]\nname = \"a\"\nbase_url = \"http://x\"\n[[models]]\nid = \"m\"\nupstream = \"a\"\n[[models]]\nid = \"m\"\nupstream = \"a\"\n",
+                "models[1].id",
+            ),
+            (
+                "[server]\nlisten = \"localhost\"\n[[upstreams]]\nname = \"a\"\nbase_url = \"http://x\"\n[[models]]\nid = \"m\"\nupstream = \"a\"\n",
+                "server.listen",
+            ),
+            (
+                "[[upstreams]]\nname = \"a\"\nbase_url = \"http://x\"\n",
+                "models",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = err_of(text);
+            assert!(e.contains(key), "expected `{key}` in: {e}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret("sk-very-secret".into());
+        assert!(!format!("{s:?}").contains("very-secret"));
+    }
+}

@@ -1,0 +1,278 @@
+//! The one error type of the gateway and its one mapping to HTTP.
+//!
+//! Every failure a request can meet is a [`GatewayError`] variant. Status, OpenAI `type`,
+//! `code`, `param`, log level and whose fault it was are exhaustive `match`es with no
+//! wildcard arm, so a new variant cannot be added without deciding all of them. Nothing
+//! else in the crate builds an error response: `layer::error_response` turns these into
+//! `{"error":{"message","type","param","code"}}` bodies.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// Why the upstream could not be used, in words safe to show a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// TCP or TLS connection could not be established (refused, reset, DNS, handshake).
+    Connect,
+    /// The upstream accepted the request but closed or broke the connection before answering.
+    Protocol,
+}
+
+/// Whose fault an error is: decides the log level and, later, metrics labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The request was wrong; the client can fix it.
+    Client,
+    /// The upstream failed or was too slow.
+    Upstream,
+    /// The gateway itself failed or is going away.
+    Gateway,
+}
+
+/// Every error the gateway answers with. Messages say how to fix the request.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The body is not JSON at all (syntax error, truncated, not UTF-8).
+    #[error(
+        "we could not parse the JSON body of your request ({detail}); send a JSON object with `model` and `messages`"
+    )]
+    BodyNotJson { detail: String },
+
+    /// The body is JSON but not of the shape of a chat completion request.
+    #[error("the request body is not a valid chat completion request: {detail}")]
+    BodyShape { detail: String },
+
+    /// A required field is missing.
+    #[error("you must provide `{field}` in the request body")]
+    MissingField { field: &'static str },
+
+    /// A field has the wrong JSON type or an impossible value.
+    #[error("`{field}` {expected}")]
+    InvalidField {
+        field: &'static str,
+        expected: &'static str,
+    },
+
+    /// The body could not be read from the client connection.
+    #[error("the request body could not be read completely; resend the request")]
+    BodyRead,
+
+    /// The body is larger than `server.max_body_bytes`.
+    #[error(
+        "the request body is larger than this gateway's limit of {limit} bytes (server.max_body_bytes); send fewer or smaller images"
+    )]
+    BodyTooLarge { limit: u64 },
+
+    /// No `[[models]]` entry matches and there is no `"*"` entry.
+    #[error(
+        "the model `{model}` does not exist on this gateway; GET /v1/models lists the models it serves"
+    )]
+    ModelNotFound { model: String },
+
+    /// The path is not one the gateway serves.
+    #[error(
+        "no route for `{path}`; this gateway serves POST /v1/chat/completions, GET /v1/models, GET /healthz and GET /readyz"
+    )]
+    RouteNotFound { path: String },
+
+    /// The path exists but not for this method.
+    #[error("`{path}` does not accept {method}; use {allowed}")]
+    MethodNotAllowed {
+        path: String,
+        method: String,
+        allowed: &'static str,
+    },
+
+    /// The upstream could not be reached or broke the exchange before sending headers.
+    #[error(
+        "the upstream `{upstream}` could not be reached ({}); retry later, and check the gateway's [[upstreams]] configuration if it persists",
+        match reason { UpstreamFailure::Connect => "connection failed", UpstreamFailure::Protocol => "connection closed before a response" }
+    )]
+    UpstreamUnavailable {
+        upstream: String,
+        reason: UpstreamFailure,
+    },
+
+    /// The upstream sent no response headers within `first_byte_timeout_ms`.
+    #[error(
+        "the upstream `{upstream}` sent no response within {} ms (first_byte_timeout_ms); retry later or raise the timeout",
+        after.as_millis()
+    )]
+    UpstreamTimeout { upstream: String, after: Duration },
+
+    /// The gateway is draining for shutdown and takes no new work.
+    #[error("the gateway is shutting down; retry against another instance")]
+    ShuttingDown,
+
+    /// A bug or an impossible state inside the gateway. Never caused by request content.
+    #[error("internal gateway error: {0}")]
+    Internal(&'static str),
+}
+
+impl GatewayError {
+    /// The HTTP status sent to the client.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BodyNotJson { .. }
+            | Self::BodyShape { .. }
+            | Self::MissingField { .. }
+            | Self::InvalidField { .. }
+            | Self::BodyRead => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ModelNotFound { .. } | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OpenAI `error.type`, as the official API uses it.
+    pub fn openai_type(&self) -> &'static str {
+        match self {
+            Self::BodyNotJson { .. }
+            | Self::BodyShape { .. }
+            | Self::MissingField { .. }
+            | Self::InvalidField { .. }
+            | Self::BodyRead
+            | Self::BodyTooLarge { .. }
+            | Self::ModelNotFound { .. }
+            | Self::RouteNotFound { .. }
+            | Self::MethodNotAllowed { .. } => "invalid_request_error",
+            Self::UpstreamUnavailable { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::ShuttingDown
+            | Self::Internal(_) => "server_error",
+        }
+    }
+
+    /// The machine-readable `error.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BodyNotJson { .. }
+            | Self::BodyShape { .. }
+            | Self::MissingField { .. }
+            | Self::InvalidField { .. }
+            | Self::BodyRead => "invalid_request",
+            Self::BodyTooLarge { .. } => "request_too_large",
+            Self::ModelNotFound { .. } => "model_not_found",
+            Self::RouteNotFound { .. } => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::UpstreamUnavailable { .. } => "upstream_unavailable",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The request field at fault, if one is.
+    pub fn param(&self) -> Option<&'static str> {
+        match self {
+            Self::MissingField { field } | Self::InvalidField { field, .. } => Some(field),
+            Self::ModelNotFound { .. } => Some("model"),
+            Self::BodyNotJson { .. }
+            | Self::BodyShape { .. }
+            | Self::BodyRead
+            | Self::BodyTooLarge { .. }
+            | Self::RouteNotFound { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::UpstreamUnavailable { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::ShuttingDown
+            | Self::Internal(_) => None,
+        }
+    }
+
+    /// Whose fault it was.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::BodyNotJson { .. }
+            | Self::BodyShape { .. }
+            | Self::MissingField { .. }
+            | Self::InvalidField { .. }
+            | Self::BodyRead
+            | Self::BodyTooLarge { .. }
+            | Self::ModelNotFound { .. }
+            | Self::RouteNotFound { .. }
+            | Self::MethodNotAllowed { .. } => Fault::Client,
+            Self::UpstreamUnavailable { .. } | Self::UpstreamTimeout { .. } => Fault::Upstream,
+            Self::ShuttingDown | Self::Internal(_) => Fault::Gateway,
+        }
+    }
+
+    /// How loudly to log it: client mistakes are routine, upstream trouble is a warning,
+    /// our own failures are errors.
+    pub fn log_level(&self) -> tracing::Level {
+        match self.fault() {
+            Fault::Client => tracing::Level::DEBUG,
+            Fault::Upstream => tracing::Level::WARN,
+            Fault::Gateway => match self {
+                Self::ShuttingDown => tracing::Level::INFO,
+                _ => tracing::Level::ERROR,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_codes_follow_the_contract() {
+        let cases: Vec<(GatewayError, u16, &str)> = vec![
+            (
+                GatewayError::MissingField { field: "model" },
+                400,
+                "invalid_request",
+            ),
+            (
+                GatewayError::BodyTooLarge { limit: 1 },
+                413,
+                "request_too_large",
+            ),
+            (
+                GatewayError::ModelNotFound { model: "x".into() },
+                404,
+                "model_not_found",
+            ),
+            (
+                GatewayError::RouteNotFound { path: "/x".into() },
+                404,
+                "not_found",
+            ),
+            (
+                GatewayError::UpstreamUnavailable {
+                    upstream: "u".into(),
+                    reason: UpstreamFailure::Connect,
+                },
+                502,
+                "upstream_unavailable",
+            ),
+            (
+                GatewayError::UpstreamTimeout {
+                    upstream: "u".into(),
+                    after: Duration::from_millis(5),
+                },
+                504,
+                "upstream_timeout",
+            ),
+            (GatewayError::ShuttingDown, 503, "shutting_down"),
+        ];
+        for (err, status, code) in cases {
+            assert_eq!(err.status().as_u16(), status, "{err}");
+            assert_eq!(err.code(), code, "{err}");
+        }
+    }
+
+    #[test]
+    fn messages_name_the_field_and_limit() {
+        let e = GatewayError::BodyTooLarge { limit: 1024 };
+        assert!(e.to_string().contains("1024 bytes"));
+        assert!(e.to_string().contains("max_body_bytes"));
+        let e = GatewayError::MissingField { field: "messages" };
+        assert_eq!(e.param(), Some("messages"));
+    }
+}

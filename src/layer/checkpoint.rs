@@ -1,0 +1,79 @@
+//! A checkpoint is one validation step of the chat stack: it takes a `Request<In>` and returns
+//! a `Request<Out>` or a [`GatewayError`]. It never builds a response (`error_response` does).
+//! [`CheckpointLayer`] puts any checkpoint into the tower stack, so each check is a small
+//! type with its own file and doc, and the type of the request says what has been checked.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::{Layer, Service, ServiceExt};
+
+use crate::body::ResponseBody;
+use crate::error::GatewayError;
+
+/// One validation step.
+pub trait Checkpoint<In>: Clone + Send + Sync + 'static {
+    /// What the request body becomes once checked.
+    type Out: Send + 'static;
+
+    /// Checks (and possibly transforms) the request.
+    fn check(
+        &self,
+        req: Request<In>,
+    ) -> impl Future<Output = Result<Request<Self::Out>, GatewayError>> + Send;
+}
+
+/// Wraps a service with a checkpoint in front of it.
+#[derive(Debug, Clone)]
+pub struct CheckpointLayer<C>(pub C);
+
+impl<C: Clone, S> Layer<S> for CheckpointLayer<C> {
+    type Service = Checked<C, S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Checked {
+            check: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// A service behind a checkpoint.
+#[derive(Debug, Clone)]
+pub struct Checked<C, S> {
+    check: C,
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<C, S, In> Service<Request<In>> for Checked<C, S>
+where
+    C: Checkpoint<In>,
+    In: Send + 'static,
+    S: Service<Request<C::Out>, Response = Response<ResponseBody>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<ResponseBody>;
+    type Error = GatewayError;
+    type Future = BoxFuture<Result<Response<ResponseBody>, GatewayError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The inner service's readiness is awaited per request (`oneshot`), after the check.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<In>) -> Self::Future {
+        let check = self.check.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let req = check.check(req).await?;
+            inner.oneshot(req).await
+        })
+    }
+}

@@ -1,0 +1,29 @@
+//! The tower layers, one file each, listed here in the order a request meets them.
+//!
+//! Every route:
+//! 1. [`request_id`]: keeps a sane client `x-request-id` or makes one; creates the
+//!    per-request context; stamps the id on every response. Outermost, so even errors and
+//!    the access log carry it.
+//! 2. [`access_log`]: one line per request when its response body ends (status, model,
+//!    bytes, total time, time to upstream headers). Wraps the body, never copies it.
+//! 3. [`error_response`]: the one place a `GatewayError` becomes an OpenAI-style JSON
+//!    response. Below it, everything returns `Result<_, GatewayError>`.
+//! 4. `routes::Router`: health, models, 404/405, and the chat stack below.
+//!
+//! `POST /v1/chat/completions` (checkpoints: each takes a request of one type and returns the
+//! next type or an error; none builds a response):
+//! 5. [`read_body`]: 413 above `server.max_body_bytes` (from Content-Length before reading,
+//!    and while reading); `Incoming` → `Bytes`.
+//! 6. [`parse_chat`]: 400 `invalid_request` for bad JSON or missing/ill-typed `model` and
+//!    `messages`; `Bytes` → `ParsedChat`. Cheap, so it runs before anything costly.
+//! 7. [`resolve_model`]: 404 `model_not_found`; picks the route and plans the `model`
+//!    rewrite; `ParsedChat` → `ChatRequest`.
+//! 8. `upstream::forward::Forward`: sends upstream; 502 / 504; streams the answer back.
+
+pub mod access_log;
+pub mod checkpoint;
+pub mod error_response;
+pub mod parse_chat;
+pub mod read_body;
+pub mod request_id;
+pub mod resolve_model;

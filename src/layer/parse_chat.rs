@@ -1,0 +1,39 @@
+//! Parses the body as a chat completion request, just far enough to route it.
+//!
+//! Rejects with 400 `invalid_request` (with `param` naming the field) when the body is not
+//! JSON, not an object, or lacks a string `model` or a non-empty `messages` array. Runs right
+//! after the body is read: it is cheap, and every later step needs the model.
+
+use bytes::Bytes;
+use http::Request;
+
+use super::checkpoint::Checkpoint;
+use crate::chat::ParsedChat;
+use crate::context::RequestContext;
+use crate::error::GatewayError;
+
+/// Longest model id kept for the access log; ids are client text, so they are bounded.
+const MAX_LOGGED_MODEL: usize = 256;
+
+/// The parsing checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseChat;
+
+impl Checkpoint<Bytes> for ParseChat {
+    type Out = ParsedChat;
+
+    async fn check(&self, req: Request<Bytes>) -> Result<Request<ParsedChat>, GatewayError> {
+        let (parts, body) = req.into_parts();
+        let parsed = ParsedChat::parse(body)?;
+        if let Some(ctx) = parts.extensions.get::<std::sync::Arc<RequestContext>>() {
+            let mut end = parsed.model.len().min(MAX_LOGGED_MODEL);
+            while !parsed.model.is_char_boundary(end) {
+                end -= 1;
+            }
+            let _ = ctx
+                .model
+                .set(parsed.model.get(..end).unwrap_or_default().into());
+        }
+        Ok(Request::from_parts(parts, parsed))
+    }
+}

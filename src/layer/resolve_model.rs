@@ -1,0 +1,48 @@
+//! Resolves the requested model to its configured route.
+//!
+//! Rejects with 404 `model_not_found` when no `[[models]]` entry matches and there is no `"*"`
+//! entry. When the route names an `upstream_model`, plans the one byte-range edit that
+//! rewrites `"model"`; every other byte of the body stays as received.
+
+use std::sync::Arc;
+
+use http::Request;
+
+use super::checkpoint::Checkpoint;
+use crate::chat::{ChatRequest, Edit, ParsedChat};
+use crate::error::GatewayError;
+use crate::models::ModelTable;
+
+/// The model-resolution checkpoint.
+#[derive(Debug, Clone)]
+pub struct ResolveModel {
+    pub models: Arc<ModelTable>,
+}
+
+impl Checkpoint<ParsedChat> for ResolveModel {
+    type Out = ChatRequest;
+
+    async fn check(&self, req: Request<ParsedChat>) -> Result<Request<ChatRequest>, GatewayError> {
+        let (parts, parsed) = req.into_parts();
+        let Some(route) = self.models.resolve(&parsed.model).cloned() else {
+            return Err(GatewayError::ModelNotFound {
+                model: parsed.model,
+            });
+        };
+        let mut edits = Vec::new();
+        if let Some(name) = &route.upstream_model_json {
+            edits.push(Edit {
+                range: parsed.model_span.clone(),
+                with: name.clone(),
+            });
+        }
+        Ok(Request::from_parts(
+            parts,
+            ChatRequest {
+                parsed,
+                route,
+                edits,
+            },
+        ))
+    }
+}

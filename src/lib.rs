@@ -1,0 +1,94 @@
+//! vision-gateway: a local gateway for OpenAI-compatible vision language models.
+//!
+//! `main.rs` parses the command line and calls [`run`]; tests and benchmarks call
+//! [`app::build`] and [`server::serve`] directly. ARCHITECTURE.md maps the modules.
+
+pub mod app;
+pub mod body;
+pub mod chat;
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod headers;
+pub mod health;
+pub mod layer;
+pub mod mock;
+pub mod models;
+pub mod openai;
+pub mod routes;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::mock::{MockOptions, MockUpstream};
+use crate::server::Drained;
+
+/// Why the gateway could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Upstream(#[from] upstream::UpstreamBuildError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Binds the configured address and serves until `shutdown`, then drains.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Drained, RunError> {
+    let addr = config.server.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { addr, source })?;
+    serve_on(listener, &config, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind `127.0.0.1:0`).
+pub async fn serve_on(
+    listener: TcpListener,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Drained, RunError> {
+    let app = app::build(config)?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "vision-gateway listening");
+    }
+    Ok(server::serve(
+        listener,
+        app.service,
+        app.readiness,
+        config.server.shutdown_grace,
+        shutdown,
+    )
+    .await)
+}
+
+/// Starts the built-in stand-in upstream on a loopback port in this process and returns its
+/// address. It runs until the process exits.
+pub async fn spawn_mock(addr: SocketAddr, opts: MockOptions) -> Result<SocketAddr, RunError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| RunError::Bind { addr, source })?;
+    tokio::spawn(server::serve(
+        listener,
+        MockUpstream::new(opts),
+        health::Readiness::default(),
+        Duration::from_secs(1),
+        std::future::pending(),
+    ));
+    Ok(bound)
+}

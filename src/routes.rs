@@ -1,0 +1,119 @@
+//! The router: which path and method go where. The chat stack is the only route with
+//! layers of its own; the rest answer from memory. Unknown paths are 404 `not_found`, known
+//! paths with the wrong method 405 `method_not_allowed`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use tower::Service;
+use tower::util::BoxCloneService;
+
+use crate::body::ResponseBody;
+use crate::error::GatewayError;
+use crate::health::{Readiness, ReadyState};
+use crate::models::ModelTable;
+
+/// The chat completion stack, boxed so the router does not carry its long type.
+pub type ChatService = BoxCloneService<Request<Incoming>, Response<ResponseBody>, GatewayError>;
+
+/// Dispatches by path and method.
+#[derive(Clone)]
+pub struct Router {
+    pub chat: ChatService,
+    pub models: Arc<ModelTable>,
+    pub readiness: Readiness,
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send>>;
+
+impl Service<Request<Incoming>> for Router {
+    type Response = Response<ResponseBody>;
+    type Error = GatewayError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let path = req.uri().path();
+        let method = req.method();
+        let answer = match path {
+            "/v1/chat/completions" => {
+                if method == Method::POST {
+                    return Box::pin(self.chat.call(req));
+                }
+                Err(wrong_method(path, method, "POST"))
+            }
+            "/v1/models" => {
+                get_only(path, method).map(|()| json(StatusCode::OK, self.models.list_json()))
+            }
+            "/healthz" => get_only(path, method)
+                .map(|()| json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))),
+            "/readyz" => get_only(path, method).and_then(|()| match self.readiness.state() {
+                ReadyState::Ready => Ok(json(
+                    StatusCode::OK,
+                    Bytes::from_static(b"{\"status\":\"ready\"}"),
+                )),
+                ReadyState::Starting | ReadyState::Draining => Err(GatewayError::ShuttingDown),
+            }),
+            _ => match path.strip_prefix("/v1/models/") {
+                Some(id) => get_only(path, method).and_then(|()| {
+                    let id = percent_decode(id);
+                    self.models
+                        .model_json(&id)
+                        .map(|b| json(StatusCode::OK, b))
+                        .ok_or(GatewayError::ModelNotFound {
+                            model: bounded(&id),
+                        })
+                }),
+                None => Err(GatewayError::RouteNotFound {
+                    path: bounded(path),
+                }),
+            },
+        };
+        Box::pin(std::future::ready(answer))
+    }
+}
+
+/// Client text echoed in a message is cut to a bounded length.
+fn bounded(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn get_only(path: &str, method: &Method) -> Result<(), GatewayError> {
+    if method == Method::GET || method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(wrong_method(path, method, "GET"))
+    }
+}
+
+fn wrong_method(path: &str, method: &Method, allowed: &'static str) -> GatewayError {
+    GatewayError::MethodNotAllowed {
+        path: bounded(path),
+        method: bounded(method.as_str()),
+        allowed,
+    }
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
+    let mut res = Response::new(ResponseBody::full(body));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}

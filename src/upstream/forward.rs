@@ -1,0 +1,124 @@
+//! The innermost service: sends a checked chat request to its upstream and streams the
+//! answer back.
+//!
+//! Request: the body is the client's bytes with only the planned edits spliced in; headers
+//! minus hop-by-hop, `host` and `content-length`; `authorization` replaced by the upstream's
+//! key when it has one, so the client's key never leaves. Response: status and headers minus
+//! hop-by-hop, body frames passed through as they arrive ([`UpstreamBody`]).
+//! Failures: connect errors → 502 `upstream_unavailable`, no headers within
+//! `first_byte_timeout` → 504 `upstream_timeout`; upstream 4xx/5xx are passed through as is.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::Service;
+
+use crate::body::{ResponseBody, UpstreamBody};
+use crate::chat::ChatRequest;
+use crate::context::RequestContext;
+use crate::error::{GatewayError, UpstreamFailure};
+use crate::headers::strip_hop_by_hop;
+use crate::layer::request_id::X_REQUEST_ID;
+
+/// The upstream's own request id, kept under another name so ours stays authoritative.
+static X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
+
+/// Forwards requests to the upstream their route names.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Forward;
+
+impl Service<Request<ChatRequest>> for Forward {
+    type Response = Response<ResponseBody>;
+    type Error = GatewayError;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The pooled client queues internally; there is no back-pressure to report here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ChatRequest>) -> Self::Future {
+        Box::pin(forward(req))
+    }
+}
+
+async fn forward(req: Request<ChatRequest>) -> Result<Response<ResponseBody>, GatewayError> {
+    let (mut parts, chat) = req.into_parts();
+    let upstream = chat.route.upstream.clone();
+    let body = chat.upstream_body()?;
+
+    let mut headers = std::mem::take(&mut parts.headers);
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if let Some(auth) = &upstream.authorization {
+        headers.insert(header::AUTHORIZATION, auth.clone());
+    }
+    let uri = match parts.uri.query() {
+        None => upstream.chat_completions_url.clone(),
+        Some(q) => format!("{}?{q}", upstream.chat_completions_url)
+            .parse()
+            .map_err(|_| GatewayError::Internal("cannot build the upstream URL"))?,
+    };
+    let mut out = Request::new(Full::new(body));
+    *out.method_mut() = http::Method::POST;
+    *out.uri_mut() = uri;
+    *out.headers_mut() = headers;
+
+    let ctx = parts.extensions.get::<Arc<RequestContext>>().cloned();
+    let sent =
+        tokio::time::timeout(upstream.first_byte_timeout, upstream.client.request(out)).await;
+    let res = match sent {
+        Err(_elapsed) => {
+            return Err(GatewayError::UpstreamTimeout {
+                upstream: upstream.name.clone(),
+                after: upstream.first_byte_timeout,
+            });
+        }
+        Ok(Err(e)) => {
+            let reason = if e.is_connect() {
+                UpstreamFailure::Connect
+            } else {
+                UpstreamFailure::Protocol
+            };
+            tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
+            return Err(GatewayError::UpstreamUnavailable {
+                upstream: upstream.name.clone(),
+                reason,
+            });
+        }
+        Ok(Ok(res)) => res,
+    };
+    if let Some(ctx) = &ctx {
+        let _ = ctx.upstream_headers.set(ctx.started.elapsed());
+    }
+
+    let (mut head, incoming) = res.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    if let Some(theirs) = head.headers.remove(&X_REQUEST_ID) {
+        head.headers.insert(X_UPSTREAM_REQUEST_ID.clone(), theirs);
+    }
+    let sse = is_uncompressed_unsized_sse(&head.headers);
+    let body = UpstreamBody::new(incoming, sse, Arc::from(upstream.name.as_str()));
+    Ok(Response::from_parts(head, ResponseBody::Upstream(body)))
+}
+
+/// Whether an in-band error event may be appended to this response on a cut: only to an SSE
+/// stream whose bytes the gateway may extend (no content-encoding, no fixed length).
+fn is_uncompressed_unsized_sse(h: &http::HeaderMap) -> bool {
+    let is_sse = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
+    is_sse && !h.contains_key(header::CONTENT_ENCODING) && !h.contains_key(header::CONTENT_LENGTH)
+}

@@ -1,0 +1,89 @@
+//! The upstream side: one pooled HTTP client per configured upstream, and the innermost
+//! service that forwards a checked request to it.
+//!
+//! This module owns every outbound connection to model servers. It must not inspect or
+//! rewrite response bodies: frames go back to the client as they arrive.
+
+pub mod forward;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::UpstreamConfig;
+
+/// The pooled HTTP/1.1 + HTTP/2 client, TLS by rustls with the bundled Mozilla roots (so it
+/// works without system certificates).
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A configured upstream, ready to take requests.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub chat_completions_url: http::Uri,
+    /// `Bearer <key>`, marked sensitive so it is never printed by `http`'s Debug.
+    pub authorization: Option<HeaderValue>,
+    pub first_byte_timeout: Duration,
+    pub client: HttpClient,
+}
+
+/// Why an upstream could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBuildError {
+    #[error("upstream `{name}`: TLS set-up failed: {source}")]
+    Tls { name: String, source: rustls::Error },
+    #[error("upstream `{name}`: the API key is not a valid HTTP header value")]
+    Key { name: String },
+}
+
+impl Upstream {
+    /// Builds the client for one upstream.
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, UpstreamBuildError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(|source| UpstreamBuildError::Tls {
+                name: cfg.name.clone(),
+                source,
+            })?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(https);
+        let authorization = match &cfg.api_key {
+            None => None,
+            Some(key) => {
+                let mut v =
+                    HeaderValue::try_from(format!("Bearer {}", key.expose())).map_err(|_| {
+                        UpstreamBuildError::Key {
+                            name: cfg.name.clone(),
+                        }
+                    })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+        };
+        Ok(Self {
+            name: cfg.name.clone(),
+            chat_completions_url: cfg.chat_completions_url.clone(),
+            authorization,
+            first_byte_timeout: cfg.first_byte_timeout,
+            client,
+        })
+    }
+}
