@@ -200,6 +200,11 @@ impl RawConfig {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value (for configs built in code, e.g. tests).
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
     /// The value, for building the upstream `Authorization` header only.
     pub fn expose(&self) -> &str {
         &self.0

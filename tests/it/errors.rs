@@ -1,0 +1,180 @@
+//! Every error is OpenAI-shaped, has the right status and code, and never reaches the
+//! upstream when the gateway can answer itself.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn malformed_requests_are_400_naming_the_field() {
+    let mut up = StandIn::always(Script::json("{}")).await;
+    let gw = Gateway::to(up.addr).await;
+    let cases: [(&str, Option<&str>); 6] = [
+        ("{not json", None),
+        ("[1,2]", None),
+        (
+            r#"{"messages":[{"role":"user","content":"hi"}]}"#,
+            Some("model"),
+        ),
+        (
+            r#"{"model":["a"],"messages":[{"role":"user","content":"hi"}]}"#,
+            Some("model"),
+        ),
+        (r#"{"model":"pixtral-12b-2409"}"#, Some("messages")),
+        (
+            r#"{"model":"pixtral-12b-2409","messages":"hi"}"#,
+            Some("messages"),
+        ),
+    ];
+    for (body, param) in cases {
+        let a = call(gw.addr, post("/v1/chat/completions", body, &[])).await;
+        let e = a.expect_error(400, "invalid_request");
+        assert_eq!(e["type"], "invalid_request_error");
+        assert_eq!(e["param"].as_str(), param, "{body}: {e}");
+    }
+    assert!(
+        up.try_request().is_none(),
+        "nothing malformed reaches the upstream"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_model_without_wildcard_is_404() {
+    let mut up = StandIn::always(Script::json("{}")).await;
+    let toml = format!(
+        "[[upstreams]]\nname = \"u\"\nbase_url = \"http://{}/v1\"\n[[models]]\nid = \"only\"\nupstream = \"u\"\n",
+        up.addr
+    );
+    let gw = Gateway::from_toml(&toml).await;
+    let a = call(gw.addr, post("/v1/chat/completions", CHAT, &[])).await;
+    let e = a.expect_error(404, "model_not_found");
+    assert_eq!(e["param"], "model");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("pixtral-12b-2409"))
+    );
+    assert!(up.try_request().is_none());
+}
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods() {
+    let up = StandIn::always(Script::json("{}")).await;
+    let gw = Gateway::to(up.addr).await;
+    get(gw.addr, "/v2/whatever")
+        .await
+        .expect_error(404, "not_found");
+    let a = get(gw.addr, "/v1/chat/completions").await;
+    a.expect_error(405, "method_not_allowed");
+    assert_eq!(a.header("allow"), Some("POST"));
+    let a = call(gw.addr, post("/v1/models", "{}", &[])).await;
+    a.expect_error(405, "method_not_allowed");
+    assert_eq!(a.header("allow"), Some("GET"));
+}
+
+fn small_body_config(upstream: std::net::SocketAddr) -> String {
+    config_for(upstream, "", "").replace("[server]\n", "[server]\nmax_body_bytes = 1024\n")
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413_by_length_or_by_count() {
+    let mut up = StandIn::always(Script::json("{}")).await;
+    let gw = Gateway::from_toml(&small_body_config(up.addr)).await;
+    let big = format!(
+        r#"{{"model":"pixtral-12b-2409","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "a".repeat(2000)
+    );
+    let a = call(gw.addr, post("/v1/chat/completions", big, &[])).await;
+    let e = a.expect_error(413, "request_too_large");
+    assert!(e["message"].as_str().is_some_and(|m| m.contains("1024")));
+
+    // Chunked, no Content-Length: the cap is enforced on the bytes that arrive.
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let chunk = "b".repeat(600);
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n{len:x}\r\n{chunk}\r\n{len:x}\r\n{chunk}\r\n0\r\n\r\n",
+        len = chunk.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(EVENT_TIMEOUT, s.read(&mut buf))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("request_too_large"), "{head}");
+    assert!(up.try_request().is_none());
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_502_without_waiting_for_the_connect_timeout() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let toml = config_for(closed, "connect_timeout_ms = 30000", "");
+    let gw = Gateway::from_toml(&toml).await;
+    let started = Instant::now();
+    let a = call(gw.addr, post("/v1/chat/completions", CHAT, &[])).await;
+    let e = a.expect_error(502, "upstream_unavailable");
+    assert_eq!(e["type"], "server_error");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "refused must not wait for the connect timeout"
+    );
+    assert!(
+        !e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("127.0.0.1"),
+        "no addresses in messages"
+    );
+}
+
+#[tokio::test]
+async fn no_upstream_headers_in_time_is_504() {
+    let mut slow = Script::json("{}");
+    slow.delay_headers = Duration::from_secs(3);
+    let up = StandIn::always(slow).await;
+    let toml = config_for(up.addr, "", "").replace(
+        "first_byte_timeout_ms = 2000",
+        "first_byte_timeout_ms = 200",
+    );
+    let gw = Gateway::from_toml(&toml).await;
+    let a = call(gw.addr, post("/v1/chat/completions", CHAT, &[])).await;
+    let e = a.expect_error(504, "upstream_timeout");
+    assert!(
+        e["message"].as_str().is_some_and(|m| m.contains("200 ms")),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_with_body_and_retry_after() {
+    for (status, body) in [
+        (
+            500u16,
+            r#"{"error":{"message":"boom","type":"server_error","param":null,"code":null}}"#,
+        ),
+        (
+            429,
+            r#"{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+        ),
+        (
+            403,
+            r#"{"error":{"message":"no permission","type":"invalid_request_error","param":null,"code":null}}"#,
+        ),
+    ] {
+        let up = StandIn::always(Script::status(status, body).header("retry-after", "7")).await;
+        let gw = Gateway::to(up.addr).await;
+        let a = call(gw.addr, post("/v1/chat/completions", CHAT, &[])).await;
+        assert_eq!(a.status.as_u16(), status);
+        assert_eq!(a.body, bytes::Bytes::from(body));
+        assert_eq!(a.header("retry-after"), Some("7"));
+    }
+}

@@ -1,0 +1,121 @@
+//! Streams: chunks pass as they come, cuts become SSE errors, disconnects close upstream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::sync::Notify;
+
+use crate::support::*;
+
+const STREAM_REQ: &str =
+    r#"{"model":"pixtral-12b-2409","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+
+#[tokio::test]
+async fn sse_chunks_reach_the_client_as_the_upstream_sends_them() {
+    let go = Arc::new(Notify::new());
+    let first = r#"{"choices":[{"delta":{"content":"Hel"}}]}"#;
+    let up = StandIn::always(Script::sse(vec![
+        sse_event(first),
+        Step::WaitFor(go.clone()),
+        sse_event(r#"{"choices":[{"delta":{"content":"lo"}}]}"#),
+        sse_event("[DONE]"),
+    ]))
+    .await;
+    let gw = Gateway::to(up.addr).await;
+    let res = send(gw.addr, post("/v1/chat/completions", STREAM_REQ, &[])).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut body = res.into_body();
+    // The upstream holds the rest back until we have seen the first chunk: any buffering in
+    // the gateway would make this wait forever (and time out).
+    let chunk = next_data(&mut body).await.expect("first chunk");
+    assert_eq!(chunk, Bytes::from(format!("data: {first}\n\n")));
+    go.notify_one();
+    let rest = body.collect().await.expect("rest").to_bytes();
+    assert!(rest.ends_with(b"data: [DONE]\n\n"), "{rest:?}");
+}
+
+#[tokio::test]
+async fn an_upstream_cut_mid_stream_ends_with_an_error_event_and_a_clean_end() {
+    let up = StandIn::always(Script::sse(vec![sse_event(r#"{"choices":[]}"#), Step::Cut])).await;
+    let gw = Gateway::to(up.addr).await;
+    let res = send(gw.addr, post("/v1/chat/completions", STREAM_REQ, &[])).await;
+    let all = res
+        .into_body()
+        .collect()
+        .await
+        .expect("a clean end, not a broken body")
+        .to_bytes();
+    let text = String::from_utf8_lossy(&all);
+    let last = text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .last()
+        .expect("an event");
+    let data = last.trim().strip_prefix("data: ").expect("a data event");
+    let v: serde_json::Value = serde_json::from_str(data).expect("JSON error event");
+    assert_eq!(v["error"]["code"], "upstream_unavailable");
+    assert!(text.starts_with("data: {\"choices\":[]}\n\n"));
+}
+
+#[tokio::test]
+async fn a_cut_json_body_is_an_error_for_the_client_not_a_short_answer() {
+    let up = StandIn::always(Script {
+        steps: vec![Step::Data(Bytes::from_static(b"{\"choices\":")), Step::Cut],
+        ..Script::json("")
+    })
+    .await;
+    let gw = Gateway::to(up.addr).await;
+    let res = send(gw.addr, post("/v1/chat/completions", CHAT, &[])).await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.into_body().collect().await.is_err(),
+        "the client must see the cut"
+    );
+}
+
+#[tokio::test]
+async fn a_client_disconnect_closes_the_upstream_connection() {
+    let mut steps = vec![sse_event(r#"{"choices":[]}"#)];
+    for _ in 0..500 {
+        steps.push(Step::Sleep(Duration::from_millis(20)));
+        steps.push(sse_event(r#"{"choices":[]}"#));
+    }
+    let mut up = StandIn::always(Script::sse(steps)).await;
+    let gw = Gateway::to(up.addr).await;
+    let res = send(gw.addr, post("/v1/chat/completions", STREAM_REQ, &[])).await;
+    let mut body = res.into_body();
+    next_data(&mut body).await.expect("first chunk");
+    drop(body);
+    up.connection_closed().await;
+}
+
+#[tokio::test]
+async fn sixty_four_concurrent_streams_all_complete() {
+    let mut steps = Vec::new();
+    for i in 0..20 {
+        steps.push(sse_event(&format!(
+            r#"{{"choices":[{{"delta":{{"content":"{i} "}}}}]}}"#
+        )));
+        steps.push(Step::Sleep(Duration::from_millis(5)));
+    }
+    steps.push(sse_event("[DONE]"));
+    let up = StandIn::always(Script::sse(steps)).await;
+    let gw = Gateway::to(up.addr).await;
+    let addr = gw.addr;
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            tokio::spawn(async move {
+                let res = send(addr, post("/v1/chat/completions", STREAM_REQ, &[])).await;
+                res.into_body().collect().await.expect("stream").to_bytes()
+            })
+        })
+        .collect();
+    for t in tasks {
+        let body = t.await.expect("task");
+        assert_eq!(String::from_utf8_lossy(&body).matches("data: ").count(), 21);
+        assert!(body.ends_with(b"data: [DONE]\n\n"));
+    }
+}
