@@ -212,3 +212,41 @@ async fn models_are_listed_without_the_wildcard() {
         .await
         .expect_error(404, "model_not_found");
 }
+
+#[tokio::test]
+async fn http2_clients_are_served_and_streams_pass_through() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let mut up = StandIn::always(Script::sse(vec![
+        sse_event("{\"a\":1}"),
+        sse_event("[DONE]"),
+    ]))
+    .await;
+    let gw = Gateway::to(up.addr).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("http://{}/v1/chat/completions", gw.addr))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+        .expect("request");
+    let res = sender.send_request(req).await.expect("response");
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().contains_key("x-request-id"));
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(
+        body,
+        Bytes::from_static(b"data: {\"a\":1}\n\ndata: [DONE]\n\n")
+    );
+    assert_eq!(
+        up.next_request().await.body,
+        Bytes::from_static(CHAT.as_bytes())
+    );
+}
