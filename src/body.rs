@@ -7,7 +7,9 @@
 //! `data: {"error": ...}` event and a clean end, so SDKs raise instead of returning a
 //! silently truncated answer.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -63,11 +65,17 @@ impl Body for ResponseBody {
     }
 }
 
-/// The event sent when the upstream cuts an SSE stream. The leading blank lines end any
-/// event the upstream left half-written; at an event boundary they are ignored by SSE parsers.
-const SSE_CUT_EVENT: &[u8] = b"\n\ndata: {\"error\":{\"message\":\"the upstream connection broke before the response was complete; the answer is truncated, retry the request\",\"type\":\"server_error\",\"param\":null,\"code\":\"upstream_unavailable\"}}\n\n";
+/// The event sent when the upstream cuts an SSE stream. It always follows a complete event
+/// (partial events are held back, see [`UpstreamBody`]), so SSE parsers read it on its own.
+const SSE_CUT_EVENT: &[u8] = b"data: {\"error\":{\"message\":\"the upstream connection broke before the response was complete; the answer is truncated, retry the request\",\"type\":\"server_error\",\"param\":null,\"code\":\"upstream_unavailable\"}}\n\n";
 
 /// The upstream's response body, passed through.
+///
+/// In SSE mode, each frame is split (zero-copy `Bytes` slices) at the last event boundary:
+/// complete events go out at once; the tail of an event the upstream has not finished is
+/// held until its end arrives. A client can use only complete events anyway, so nothing it
+/// could use is delayed, and on a cut the half event is dropped and the error event is the
+/// clean last word.
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Incoming,
@@ -75,19 +83,68 @@ pub struct UpstreamBody {
     /// uncompressed `text/event-stream` without a fixed length).
     sse: bool,
     done: bool,
-    upstream: std::sync::Arc<str>,
+    /// Bytes after the last complete event (SSE mode only).
+    held: Vec<Bytes>,
+    /// Slices ready to go out, in order.
+    ready: VecDeque<Bytes>,
+    upstream: Arc<str>,
 }
 
 impl UpstreamBody {
-    /// Wraps an upstream body. `sse` enables the in-band error event on a cut.
-    pub fn new(inner: Incoming, sse: bool, upstream: std::sync::Arc<str>) -> Self {
+    /// Wraps an upstream body. `sse` enables event-boundary tracking and the in-band error
+    /// event on a cut.
+    pub fn new(inner: Incoming, sse: bool, upstream: Arc<str>) -> Self {
         Self {
             inner,
             sse,
             done: false,
+            held: Vec::new(),
+            ready: VecDeque::new(),
             upstream,
         }
     }
+
+    /// Queues the complete events of `data` (with any held bytes before them) and holds the
+    /// incomplete rest.
+    fn split_at_event_boundary(&mut self, data: Bytes) {
+        let tail = self.held.last().map(|b| b.as_ref()).unwrap_or_default();
+        match last_event_end(tail, &data) {
+            Some(end) => {
+                self.ready.extend(self.held.drain(..));
+                self.ready.push_back(data.slice(..end));
+                if end < data.len() {
+                    self.held.push(data.slice(end..));
+                }
+            }
+            None => self.held.push(data),
+        }
+    }
+}
+
+/// The end of the last SSE event boundary (a blank line) that ends inside `data`, looking at
+/// the last bytes of `before` for a boundary split across frames.
+fn last_event_end(before: &[u8], data: &[u8]) -> Option<usize> {
+    const BOUNDARIES: [&[u8]; 3] = [b"\n\n", b"\r\n\r\n", b"\r\r"];
+    let within = BOUNDARIES
+        .iter()
+        .filter_map(|b| memchr::memmem::rfind(data, b).map(|i| i + b.len()))
+        .max();
+    if within.is_some() {
+        return within;
+    }
+    // A boundary straddling the previous frame and this one.
+    let keep = before.len().min(3);
+    let head = data.len().min(3);
+    let mut joint = [0u8; 6];
+    joint[..keep].copy_from_slice(&before[before.len() - keep..]);
+    joint[keep..keep + head].copy_from_slice(&data[..head]);
+    let joint = &joint[..keep + head];
+    BOUNDARIES
+        .iter()
+        .filter_map(|b| memchr::memmem::rfind(joint, b).map(|i| i + b.len()))
+        .filter(|&end| end > keep)
+        .map(|end| end - keep)
+        .max()
 }
 
 impl Body for UpstreamBody {
@@ -99,32 +156,45 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
-            None => {
-                this.done = true;
-                Poll::Ready(None)
+        loop {
+            if let Some(b) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
             }
-            Some(Err(err)) => {
-                this.done = true;
-                tracing::warn!(upstream = %this.upstream, error = %err, sse = this.sse, "upstream body cut mid-response");
-                if this.sse {
-                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(SSE_CUT_EVENT)))))
-                } else {
-                    Poll::Ready(Some(Err(Box::new(err))))
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) if this.sse => match frame.into_data() {
+                    Ok(data) => this.split_at_event_boundary(data),
+                    Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                },
+                Some(Ok(frame)) => return Poll::Ready(Some(Ok(frame))),
+                None => {
+                    // A clean end: whatever was held goes out as the upstream sent it.
+                    this.done = true;
+                    this.ready.extend(this.held.drain(..));
+                }
+                Some(Err(err)) => {
+                    this.done = true;
+                    tracing::warn!(upstream = %this.upstream, error = %err, sse = this.sse, "upstream body cut mid-response");
+                    if !this.sse {
+                        return Poll::Ready(Some(Err(Box::new(err))));
+                    }
+                    this.held.clear();
+                    this.ready.push_back(Bytes::from_static(SSE_CUT_EVENT));
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        self.ready.is_empty() && (self.done || (self.held.is_empty() && self.inner.is_end_stream()))
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.sse {
+            return SizeHint::default();
+        }
         self.inner.size_hint()
     }
 }
@@ -136,6 +206,7 @@ mod tests {
     #[test]
     fn the_cut_event_is_an_openai_error_the_sdk_recognises() {
         let text = std::str::from_utf8(SSE_CUT_EVENT).unwrap_or_default();
+        assert!(text.starts_with("data: ") && text.ends_with("\n\n"));
         let data = text.trim().strip_prefix("data: ").unwrap_or_default();
         let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
         assert_eq!(v["error"]["code"], "upstream_unavailable");
@@ -143,6 +214,21 @@ mod tests {
             v["error"]["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("truncated"))
+        );
+    }
+
+    #[test]
+    fn event_boundaries_are_found_within_and_across_frames() {
+        assert_eq!(last_event_end(b"", b"data: a\n\ndata: b"), Some(9));
+        assert_eq!(last_event_end(b"", b"data: a\n\ndata: b\n\n"), Some(18));
+        assert_eq!(last_event_end(b"", b"data: a\r\n\r\nda"), Some(11));
+        assert_eq!(last_event_end(b"", b"data: partial"), None);
+        assert_eq!(last_event_end(b"data: a\n", b"\ndata"), Some(1));
+        assert_eq!(last_event_end(b"data: a\r\n", b"\r\n"), Some(2));
+        assert_eq!(
+            last_event_end(b"data: a\n\n", b"more"),
+            None,
+            "a boundary wholly before is not new"
         );
     }
 }

@@ -394,6 +394,9 @@ impl MockBody {
     }
 }
 
+/// How long a cut waits so the frames before it reach the wire.
+const CUT_FLUSH: Duration = Duration::from_millis(20);
+
 /// The error a cut stream ends with.
 #[derive(Debug, thiserror::Error)]
 #[error("stand-in upstream cut the stream on purpose")]
@@ -409,6 +412,11 @@ impl Body for MockBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Cut>>> {
         let this = self.get_mut();
         if this.cut_after == Some(this.sent) {
+            // Let hyper flush the frames before the cut (it writes on Pending), then abort.
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(CUT_FLUSH)));
+            ready!(sleep.as_mut().poll(cx));
             return Poll::Ready(Some(Err(Cut)));
         }
         if this.events.is_empty() {

@@ -119,3 +119,56 @@ async fn sixty_four_concurrent_streams_all_complete() {
         assert!(body.ends_with(b"data: [DONE]\n\n"));
     }
 }
+
+#[tokio::test]
+async fn a_cut_inside_an_event_drops_the_half_event_before_the_error_event() {
+    let up = StandIn::always(Script::sse(vec![
+        sse_event(r#"{"n":1}"#),
+        Step::Data(Bytes::from_static(b"data: {\"n\":2,\"half")),
+        Step::Cut,
+    ]))
+    .await;
+    let gw = Gateway::to(up.addr).await;
+    let res = send(gw.addr, post("/v1/chat/completions", STREAM_REQ, &[])).await;
+    let all = res
+        .into_body()
+        .collect()
+        .await
+        .expect("clean end")
+        .to_bytes();
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        !text.contains("half"),
+        "a half-written event must never reach the client: {text}"
+    );
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 2, "{text}");
+    assert_eq!(events[0], r#"data: {"n":1}"#);
+    assert!(events[1].contains("upstream_unavailable"));
+}
+
+#[tokio::test]
+async fn an_event_split_across_frames_arrives_whole_and_unchanged() {
+    let go = Arc::new(Notify::new());
+    let up = StandIn::always(Script::sse(vec![
+        Step::Data(Bytes::from_static(b"data: {\"n\":1}\n\ndata: {\"n\"")),
+        Step::WaitFor(go.clone()),
+        Step::Data(Bytes::from_static(b":2}\n")),
+        Step::Data(Bytes::from_static(b"\ndata: [DONE]\n\n")),
+    ]))
+    .await;
+    let gw = Gateway::to(up.addr).await;
+    let res = send(gw.addr, post("/v1/chat/completions", STREAM_REQ, &[])).await;
+    let mut body = res.into_body();
+    // The complete first event is not held back while the second is unfinished.
+    assert_eq!(
+        next_data(&mut body).await.expect("first"),
+        Bytes::from_static(b"data: {\"n\":1}\n\n")
+    );
+    go.notify_one();
+    let rest = body.collect().await.expect("rest").to_bytes();
+    assert_eq!(
+        rest,
+        Bytes::from_static(b"data: {\"n\":2}\n\ndata: [DONE]\n\n")
+    );
+}
