@@ -9,33 +9,44 @@ use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::body::ResponseBody;
-use crate::config::Config;
+use crate::config::{Config, MetricsExport};
 use crate::health::Readiness;
-use crate::layer::access_log::{AccessLog, AccessLogLayer};
 use crate::layer::checkpoint::CheckpointLayer;
 use crate::layer::error_response::{ErrorResponse, ErrorResponseLayer};
 use crate::layer::parse_chat::ParseChat;
 use crate::layer::read_body::ReadBody;
 use crate::layer::request_id::{RequestId, RequestIdLayer};
 use crate::layer::resolve_model::ResolveModel;
+use crate::layer::telemetry::{Telemetry, TelemetryLayer};
+use crate::metrics::Metrics;
 use crate::models::ModelTable;
 use crate::routes::Router;
 use crate::upstream::UpstreamBuildError;
 use crate::upstream::forward::Forward;
 
 /// The complete service handed to the server.
-pub type GatewayService = RequestId<AccessLog<ErrorResponse<Router>>>;
+pub type GatewayService = RequestId<Telemetry<ErrorResponse<Router>>>;
 
 /// The gateway, built and ready to serve.
 pub struct App {
     pub service: GatewayService,
     pub readiness: Readiness,
+    pub models: Arc<ModelTable>,
+    /// The registry, when metrics are on (served by `service` or on a listener of its own).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Builds the stack from a validated config.
 pub fn build(config: &Config) -> Result<App, UpstreamBuildError> {
     let models = Arc::new(ModelTable::new(config)?);
-    let readiness = Readiness::default();
+    let readiness = match config.server.readiness_upstream_window {
+        Some(window) => Readiness::with_upstreams(window, models.upstreams().to_vec()),
+        None => Readiness::default(),
+    };
+    let metrics = match config.server.metrics {
+        MetricsExport::Off => None,
+        MetricsExport::Main | MetricsExport::Separate(_) => Some(Arc::new(Metrics::new())),
+    };
 
     let chat = ServiceBuilder::new()
         // 5. Bounded body read: nothing unbounded is read before this.
@@ -54,17 +65,28 @@ pub fn build(config: &Config) -> Result<App, UpstreamBuildError> {
 
     let router = Router {
         chat,
-        models,
+        models: models.clone(),
         readiness: readiness.clone(),
+        metrics: match config.server.metrics {
+            MetricsExport::Main => metrics.clone(),
+            MetricsExport::Off | MetricsExport::Separate(_) => None,
+        },
     };
     let service = ServiceBuilder::new()
         // 1. Id first, so everything below (including errors) carries it.
         .layer(RequestIdLayer)
-        // 2. One log line per request, after the body ends.
-        .layer(AccessLogLayer)
+        // 2. Log line and metrics, once per request, after the body ends.
+        .layer(TelemetryLayer {
+            metrics: metrics.clone(),
+        })
         // 3. Errors become OpenAI-style JSON here and nowhere else.
         .layer(ErrorResponseLayer)
         // 4. Route.
         .service(router);
-    Ok(App { service, readiness })
+    Ok(App {
+        service,
+        readiness,
+        models,
+        metrics,
+    })
 }

@@ -17,6 +17,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::context::RequestContext;
+use crate::metrics::UpstreamErrorKind;
+
 /// Errors a response body can end with (only a non-SSE upstream body that was cut).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -88,12 +91,19 @@ pub struct UpstreamBody {
     /// Slices ready to go out, in order.
     ready: VecDeque<Bytes>,
     upstream: Arc<str>,
+    /// Where a cut is recorded for the metrics.
+    ctx: Option<Arc<RequestContext>>,
 }
 
 impl UpstreamBody {
     /// Wraps an upstream body. `sse` enables event-boundary tracking and the in-band error
     /// event on a cut.
-    pub fn new(inner: Incoming, sse: bool, upstream: Arc<str>) -> Self {
+    pub fn new(
+        inner: Incoming,
+        sse: bool,
+        upstream: Arc<str>,
+        ctx: Option<Arc<RequestContext>>,
+    ) -> Self {
         Self {
             inner,
             sse,
@@ -101,6 +111,7 @@ impl UpstreamBody {
             held: Vec::new(),
             ready: VecDeque::new(),
             upstream,
+            ctx,
         }
     }
 
@@ -176,6 +187,9 @@ impl Body for UpstreamBody {
                 }
                 Some(Err(err)) => {
                     this.done = true;
+                    if let Some(ctx) = &this.ctx {
+                        let _ = ctx.upstream_error.set(UpstreamErrorKind::Reset);
+                    }
                     tracing::warn!(upstream = %this.upstream, error = %err, sse = this.sse, "upstream body cut mid-response");
                     if !this.sse {
                         return Poll::Ready(Some(Err(Box::new(err))));

@@ -69,6 +69,16 @@ pub struct RawServer {
     /// Seconds in-flight requests and streams get to finish after SIGTERM.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// Serve Prometheus metrics at `/metrics`.
+    #[serde(default = "default_true")]
+    pub metrics: bool,
+    /// Serve `/metrics` on this address instead of the main listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    /// `/readyz` turns 503 when no upstream has answered for this many seconds; the gateway
+    /// probes `GET {base_url}/models` to keep it fresh. 0 turns the check off.
+    #[serde(default)]
+    pub readiness_upstream_window_secs: u64,
 }
 
 impl Default for RawServer {
@@ -77,6 +87,9 @@ impl Default for RawServer {
             listen: default_listen(),
             max_body_bytes: default_max_body_bytes(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
+            metrics: true,
+            metrics_listen: None,
+            readiness_upstream_window_secs: 0,
         }
     }
 }
@@ -132,6 +145,9 @@ pub struct RawModel {
     pub tokens_per_image: u32,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_listen() -> String {
     "127.0.0.1:8080".to_owned()
 }
@@ -231,6 +247,19 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: NonZeroU64,
     pub shutdown_grace: Duration,
+    pub metrics: MetricsExport,
+    /// `None`: readiness does not depend on upstreams.
+    pub readiness_upstream_window: Option<Duration>,
+}
+
+/// Where `/metrics` is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsExport {
+    Off,
+    /// On the main listener.
+    Main,
+    /// On a listener of its own.
+    Separate(SocketAddr),
 }
 
 /// Validated `[[upstreams]]`.
@@ -239,6 +268,8 @@ pub struct UpstreamConfig {
     pub name: String,
     /// The URL chat completions are posted to: `{base_url}/chat/completions`.
     pub chat_completions_url: http::Uri,
+    /// `{base_url}/models`, for readiness probes.
+    pub models_url: http::Uri,
     /// The key sent as `Authorization: Bearer`, when the upstream has its own.
     pub api_key: Option<Secret>,
     pub connect_timeout: Duration,
@@ -384,10 +415,23 @@ fn validate_server(
     };
     let max_body_bytes = NonZeroU64::new(raw.max_body_bytes)
         .ok_or_else(|| invalid("server.max_body_bytes", "must be greater than 0"))?;
+    let metrics = match (raw.metrics, &raw.metrics_listen) {
+        (false, _) => MetricsExport::Off,
+        (true, None) => MetricsExport::Main,
+        (true, Some(addr)) => MetricsExport::Separate(addr.parse().map_err(|_| {
+            invalid(
+                "server.metrics_listen",
+                format!("`{addr}` is not an address like 127.0.0.1:9090"),
+            )
+        })?),
+    };
     Ok(ServerConfig {
         listen,
         max_body_bytes,
         shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs),
+        metrics,
+        readiness_upstream_window: (raw.readiness_upstream_window_secs > 0)
+            .then(|| Duration::from_secs(raw.readiness_upstream_window_secs)),
     })
 }
 
@@ -420,13 +464,18 @@ fn validate_upstream(i: usize, raw: &RawUpstream) -> Result<UpstreamConfig, Conf
             "must not have a query or fragment",
         ));
     }
-    let chat = format!("{}/chat/completions", base.as_str().trim_end_matches('/'));
-    let chat_completions_url: http::Uri = chat.parse().map_err(|e| {
-        invalid(
-            key("base_url"),
-            format!("`{}` is not usable: {e}", raw.base_url),
-        )
-    })?;
+    let endpoint = |path: &str| -> Result<http::Uri, ConfigError> {
+        format!("{}/{path}", base.as_str().trim_end_matches('/'))
+            .parse()
+            .map_err(|e| {
+                invalid(
+                    key("base_url"),
+                    format!("`{}` is not usable: {e}", raw.base_url),
+                )
+            })
+    };
+    let chat_completions_url = endpoint("chat/completions")?;
+    let models_url = endpoint("models")?;
     let api_key = match &raw.api_key_env {
         None => None,
         Some(var) => match std::env::var(var) {
@@ -445,6 +494,7 @@ fn validate_upstream(i: usize, raw: &RawUpstream) -> Result<UpstreamConfig, Conf
     Ok(UpstreamConfig {
         name: raw.name.clone(),
         chat_completions_url,
+        models_url,
         api_key,
         connect_timeout,
         first_byte_timeout,

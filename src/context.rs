@@ -1,23 +1,36 @@
 //! The one per-request context, created by the outermost layer and carried in request
-//! extensions. Inner layers record facts (which model, when upstream headers arrived) that
-//! the access log reads when the response ends; nothing else flows back up the stack.
+//! extensions. Inner layers record facts (which model, which upstream, when each step
+//! happened, how the upstream failed) that the telemetry layer turns into the log line and
+//! the metrics when the response ends. Nothing else flows back up the stack.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
+use crate::metrics::UpstreamErrorKind;
+
 /// Facts about one request. Cheap to share: layers hold `Arc<RequestContext>`.
 #[derive(Debug)]
 pub struct RequestContext {
     /// The `x-request-id`: the client's when sane, else generated.
     pub id: HeaderValue,
-    /// When the gateway received the request headers.
+    /// When the gateway received the request headers; every duration below counts from it.
     pub started: Instant,
     /// The model id the request asked for, once parsed (for the log line; at most 256 bytes).
     pub model: OnceLock<Box<str>>,
-    /// Time from `started` until the upstream's response headers.
+    /// The configured model entry it resolved to (`"*"` for the wildcard): a metrics label.
+    pub model_label: OnceLock<Arc<str>>,
+    /// The configured upstream it was sent to.
+    pub upstream: OnceLock<Arc<str>>,
+    /// When the body was fully read.
+    pub body_read: OnceLock<Duration>,
+    /// When the request was handed to the upstream client.
+    pub upstream_sent: OnceLock<Duration>,
+    /// When the upstream's response headers arrived.
     pub upstream_headers: OnceLock<Duration>,
+    /// How the upstream exchange failed, if it did.
+    pub upstream_error: OnceLock<UpstreamErrorKind>,
 }
 
 impl RequestContext {
@@ -27,7 +40,17 @@ impl RequestContext {
             id,
             started: Instant::now(),
             model: OnceLock::new(),
+            model_label: OnceLock::new(),
+            upstream: OnceLock::new(),
+            body_read: OnceLock::new(),
+            upstream_sent: OnceLock::new(),
             upstream_headers: OnceLock::new(),
+            upstream_error: OnceLock::new(),
         })
+    }
+
+    /// Records that a step happened now.
+    pub fn mark(&self, step: &OnceLock<Duration>) {
+        let _ = step.set(self.started.elapsed());
     }
 }

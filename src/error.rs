@@ -6,6 +6,7 @@
 //! else in the crate builds an error response: `layer::error_response` turns these into
 //! `{"error":{"message","type","param","code"}}` bodies.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -90,7 +91,7 @@ pub enum GatewayError {
         match reason { UpstreamFailure::Connect => "connection failed", UpstreamFailure::Protocol => "connection closed before a response" }
     )]
     UpstreamUnavailable {
-        upstream: String,
+        upstream: Arc<str>,
         reason: UpstreamFailure,
     },
 
@@ -99,11 +100,21 @@ pub enum GatewayError {
         "the upstream `{upstream}` sent no response within {} ms (first_byte_timeout_ms); retry later or raise the timeout",
         after.as_millis()
     )]
-    UpstreamTimeout { upstream: String, after: Duration },
+    UpstreamTimeout { upstream: Arc<str>, after: Duration },
 
     /// The gateway is draining for shutdown and takes no new work.
     #[error("the gateway is shutting down; retry against another instance")]
     ShuttingDown,
+
+    /// The gateway has not finished starting.
+    #[error("the gateway is starting; retry in a moment")]
+    Starting,
+
+    /// Readiness requires an upstream answer and none came within the configured window.
+    #[error(
+        "no upstream has answered within server.readiness_upstream_window_secs; the gateway is not ready"
+    )]
+    UpstreamsSilent,
 
     /// A bug or an impossible state inside the gateway. Never caused by request content.
     #[error("internal gateway error: {0}")]
@@ -124,7 +135,9 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::Starting | Self::UpstreamsSilent => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -144,6 +157,8 @@ impl GatewayError {
             Self::UpstreamUnavailable { .. }
             | Self::UpstreamTimeout { .. }
             | Self::ShuttingDown
+            | Self::Starting
+            | Self::UpstreamsSilent
             | Self::Internal(_) => "server_error",
         }
     }
@@ -163,6 +178,8 @@ impl GatewayError {
             Self::UpstreamUnavailable { .. } => "upstream_unavailable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::ShuttingDown => "shutting_down",
+            Self::Starting => "starting",
+            Self::UpstreamsSilent => "upstream_unavailable",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -181,6 +198,8 @@ impl GatewayError {
             | Self::UpstreamUnavailable { .. }
             | Self::UpstreamTimeout { .. }
             | Self::ShuttingDown
+            | Self::Starting
+            | Self::UpstreamsSilent
             | Self::Internal(_) => None,
         }
     }
@@ -198,7 +217,8 @@ impl GatewayError {
             | Self::RouteNotFound { .. }
             | Self::MethodNotAllowed { .. } => Fault::Client,
             Self::UpstreamUnavailable { .. } | Self::UpstreamTimeout { .. } => Fault::Upstream,
-            Self::ShuttingDown | Self::Internal(_) => Fault::Gateway,
+            Self::UpstreamsSilent => Fault::Upstream,
+            Self::ShuttingDown | Self::Starting | Self::Internal(_) => Fault::Gateway,
         }
     }
 
@@ -209,7 +229,7 @@ impl GatewayError {
             Fault::Client => tracing::Level::DEBUG,
             Fault::Upstream => tracing::Level::WARN,
             Fault::Gateway => match self {
-                Self::ShuttingDown => tracing::Level::INFO,
+                Self::ShuttingDown | Self::Starting => tracing::Level::INFO,
                 _ => tracing::Level::ERROR,
             },
         }

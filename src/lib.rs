@@ -13,6 +13,7 @@ pub mod error;
 pub mod headers;
 pub mod health;
 pub mod layer;
+pub mod metrics;
 pub mod mock;
 pub mod models;
 pub mod openai;
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, MetricsExport};
 use crate::mock::{MockOptions, MockUpstream};
 use crate::server::Drained;
 
@@ -61,6 +62,26 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Drained, RunError> {
     let app = app::build(config)?;
+    if let (MetricsExport::Separate(addr), Some(metrics)) = (config.server.metrics, &app.metrics) {
+        let metrics_listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind { addr, source })?;
+        tracing::info!(%addr, "metrics listening");
+        tokio::spawn(server::serve(
+            metrics_listener,
+            routes::MetricsOnly(metrics.clone()),
+            health::Readiness::default(),
+            Duration::from_secs(1),
+            std::future::pending(),
+        ));
+    }
+    if let Some(window) = config.server.readiness_upstream_window {
+        let interval = (window / 3).max(Duration::from_secs(1));
+        tokio::spawn(health::probe_upstreams(
+            app.models.upstreams().to_vec(),
+            interval,
+        ));
+    }
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "vision-gateway listening");
     }

@@ -32,6 +32,8 @@ pub struct ModelTable {
     listed: Vec<Arc<ModelRoute>>,
     /// When the table was built, reported as `created`.
     created: u64,
+    /// Every configured upstream, in configuration order.
+    upstreams: Vec<Arc<Upstream>>,
 }
 
 impl ModelTable {
@@ -80,7 +82,13 @@ impl ModelTable {
             wildcard,
             listed,
             created,
+            upstreams,
         })
+    }
+
+    /// Every configured upstream.
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
     }
 
     /// The route for a requested model id: an exact entry, else the wildcard.

@@ -16,6 +16,7 @@ use tower::util::BoxCloneService;
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
 use crate::health::{Readiness, ReadyState};
+use crate::metrics::Metrics;
 use crate::models::ModelTable;
 
 /// The chat completion stack, boxed so the router does not carry its long type.
@@ -27,6 +28,8 @@ pub struct Router {
     pub chat: ChatService,
     pub models: Arc<ModelTable>,
     pub readiness: Readiness,
+    /// `Some` when `/metrics` is served on this listener.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send>>;
@@ -60,8 +63,16 @@ impl Service<Request<Incoming>> for Router {
                     StatusCode::OK,
                     Bytes::from_static(b"{\"status\":\"ready\"}"),
                 )),
-                ReadyState::Starting | ReadyState::Draining => Err(GatewayError::ShuttingDown),
+                ReadyState::Starting => Err(GatewayError::Starting),
+                ReadyState::Draining => Err(GatewayError::ShuttingDown),
+                ReadyState::UpstreamsSilent => Err(GatewayError::UpstreamsSilent),
             }),
+            "/metrics" if self.metrics.is_some() => {
+                get_only(path, method).map(|()| match &self.metrics {
+                    Some(m) => metrics_response(m),
+                    None => json(StatusCode::NOT_FOUND, Bytes::new()),
+                })
+            }
             _ => match path.strip_prefix("/v1/models/") {
                 Some(id) => get_only(path, method).and_then(|()| {
                     let id = percent_decode(id);
@@ -108,6 +119,16 @@ fn wrong_method(path: &str, method: &Method, allowed: &'static str) -> GatewayEr
     }
 }
 
+/// The `/metrics` response.
+pub fn metrics_response(m: &Metrics) -> Response<ResponseBody> {
+    let mut res = Response::new(ResponseBody::full(m.encode()));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    res
+}
+
 fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
     let mut res = Response::new(ResponseBody::full(body));
     *res.status_mut() = status;
@@ -116,4 +137,28 @@ fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
         HeaderValue::from_static("application/json"),
     );
     res
+}
+
+/// The service of a metrics-only listener (`server.metrics_listen`): `GET /metrics`, else 404.
+#[derive(Debug, Clone)]
+pub struct MetricsOnly(pub Arc<Metrics>);
+
+impl Service<Request<Incoming>> for MetricsOnly {
+    type Response = Response<ResponseBody>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Response<ResponseBody>, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let res = match (req.method(), req.uri().path()) {
+            (&Method::GET, "/metrics") => metrics_response(&self.0),
+            _ => crate::layer::error_response::into_response(&GatewayError::RouteNotFound {
+                path: bounded(req.uri().path()),
+            }),
+        };
+        std::future::ready(Ok(res))
+    }
 }

@@ -4,11 +4,12 @@
 //! 1. [`request_id`]: keeps a sane client `x-request-id` or makes one; creates the
 //!    per-request context; stamps the id on every response. Outermost, so even errors and
 //!    the access log carry it.
-//! 2. [`access_log`]: one line per request when its response body ends (status, model,
-//!    bytes, total time, time to upstream headers). Wraps the body, never copies it.
+//! 2. [`telemetry`]: the access-log line and the request metrics, recorded once when the
+//!    response body ends, from the facts inner layers left in the request context. Wraps the
+//!    body, never copies it.
 //! 3. [`error_response`]: the one place a `GatewayError` becomes an OpenAI-style JSON
 //!    response. Below it, everything returns `Result<_, GatewayError>`.
-//! 4. `routes::Router`: health, models, 404/405, and the chat stack below.
+//! 4. `routes::Router`: health, readiness, models, metrics, 404/405, and the chat stack below.
 //!
 //! `POST /v1/chat/completions` (checkpoints: each takes a request of one type and returns the
 //! next type or an error; none builds a response):
@@ -20,10 +21,10 @@
 //!    rewrite; `ParsedChat` → `ChatRequest`.
 //! 8. `upstream::forward::Forward`: sends upstream; 502 / 504; streams the answer back.
 
-pub mod access_log;
 pub mod checkpoint;
 pub mod error_response;
 pub mod parse_chat;
 pub mod read_body;
 pub mod request_id;
 pub mod resolve_model;
+pub mod telemetry;

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use super::checkpoint::Checkpoint;
+use crate::context::RequestContext;
 use crate::error::GatewayError;
 
 /// The body-reading checkpoint.
@@ -42,7 +43,12 @@ where
         let (parts, body) = req.into_parts();
         let cap = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
         match Limited::new(body, cap).collect().await {
-            Ok(collected) => Ok(Request::from_parts(parts, collected.to_bytes())),
+            Ok(collected) => {
+                if let Some(ctx) = parts.extensions.get::<std::sync::Arc<RequestContext>>() {
+                    ctx.mark(&ctx.body_read);
+                }
+                Ok(Request::from_parts(parts, collected.to_bytes()))
+            }
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large),
             Err(_) => Err(GatewayError::BodyRead),
         }

@@ -10,6 +10,7 @@ use http::Request;
 
 use super::checkpoint::Checkpoint;
 use crate::chat::{ChatRequest, Edit, ParsedChat};
+use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::models::ModelTable;
 
@@ -29,6 +30,9 @@ impl Checkpoint<ParsedChat> for ResolveModel {
                 model: parsed.model,
             });
         };
+        if let Some(ctx) = parts.extensions.get::<Arc<RequestContext>>() {
+            let _ = ctx.model_label.set(route.id.clone());
+        }
         let mut edits = Vec::new();
         if let Some(name) = &route.upstream_model_json {
             edits.push(Edit {

@@ -24,6 +24,7 @@ use crate::context::RequestContext;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::headers::strip_hop_by_hop;
 use crate::layer::request_id::X_REQUEST_ID;
+use crate::metrics::UpstreamErrorKind;
 
 /// The upstream's own request id, kept under another name so ours stays authoritative.
 static X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
@@ -72,21 +73,32 @@ async fn forward(req: Request<ChatRequest>) -> Result<Response<ResponseBody>, Ga
     *out.headers_mut() = headers;
 
     let ctx = parts.extensions.get::<Arc<RequestContext>>().cloned();
+    let failed = |kind: UpstreamErrorKind| {
+        if let Some(ctx) = &ctx {
+            let _ = ctx.upstream_error.set(kind);
+        }
+    };
+    if let Some(ctx) = &ctx {
+        let _ = ctx.upstream.set(upstream.name.clone());
+        ctx.mark(&ctx.upstream_sent);
+    }
     let sent =
         tokio::time::timeout(upstream.first_byte_timeout, upstream.client.request(out)).await;
     let res = match sent {
         Err(_elapsed) => {
+            failed(UpstreamErrorKind::Timeout);
             return Err(GatewayError::UpstreamTimeout {
                 upstream: upstream.name.clone(),
                 after: upstream.first_byte_timeout,
             });
         }
         Ok(Err(e)) => {
-            let reason = if e.is_connect() {
-                UpstreamFailure::Connect
+            let (reason, kind) = if e.is_connect() {
+                (UpstreamFailure::Connect, UpstreamErrorKind::Connect)
             } else {
-                UpstreamFailure::Protocol
+                (UpstreamFailure::Protocol, UpstreamErrorKind::Reset)
             };
+            failed(kind);
             tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
             return Err(GatewayError::UpstreamUnavailable {
                 upstream: upstream.name.clone(),
@@ -95,8 +107,9 @@ async fn forward(req: Request<ChatRequest>) -> Result<Response<ResponseBody>, Ga
         }
         Ok(Ok(res)) => res,
     };
+    upstream.last_answer.now();
     if let Some(ctx) = &ctx {
-        let _ = ctx.upstream_headers.set(ctx.started.elapsed());
+        ctx.mark(&ctx.upstream_headers);
     }
 
     let (mut head, incoming) = res.into_parts();
@@ -105,7 +118,7 @@ async fn forward(req: Request<ChatRequest>) -> Result<Response<ResponseBody>, Ga
         head.headers.insert(X_UPSTREAM_REQUEST_ID.clone(), theirs);
     }
     let sse = is_uncompressed_unsized_sse(&head.headers);
-    let body = UpstreamBody::new(incoming, sse, Arc::from(upstream.name.as_str()));
+    let body = UpstreamBody::new(incoming, sse, upstream.name.clone(), ctx);
     Ok(Response::from_parts(head, ResponseBody::Upstream(body)))
 }
 

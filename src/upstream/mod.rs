@@ -6,7 +6,9 @@
 
 pub mod forward;
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -25,12 +27,46 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// A configured upstream, ready to take requests.
 #[derive(Debug)]
 pub struct Upstream {
-    pub name: String,
+    /// The configured name: used in logs, messages and as a metrics label.
+    pub name: Arc<str>,
+    /// `{base_url}/models`, probed for readiness.
+    pub models_url: http::Uri,
     pub chat_completions_url: http::Uri,
     /// `Bearer <key>`, marked sensitive so it is never printed by `http`'s Debug.
     pub authorization: Option<HeaderValue>,
     pub first_byte_timeout: Duration,
     pub client: HttpClient,
+    /// When the upstream last answered anything (for readiness).
+    pub last_answer: LastAnswer,
+}
+
+/// When an upstream last sent any HTTP response: milliseconds since the process-wide
+/// [`epoch`], 0 for never. Updated by real traffic and by readiness probes.
+#[derive(Debug, Default)]
+pub struct LastAnswer(AtomicU64);
+
+impl LastAnswer {
+    /// Records an answer now.
+    pub fn now(&self) {
+        let ms = u64::try_from(epoch().elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.0.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether an answer came within `window` of now.
+    pub fn within(&self, window: Duration) -> bool {
+        let at = self.0.load(Ordering::Relaxed);
+        let now = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX);
+        let window = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        at != 0 && now.saturating_sub(at) <= window
+    }
+}
+
+/// A fixed instant all [`LastAnswer`]s count from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 /// Why an upstream could not be built.
@@ -79,11 +115,13 @@ impl Upstream {
             }
         };
         Ok(Self {
-            name: cfg.name.clone(),
+            name: Arc::from(cfg.name.as_str()),
+            models_url: cfg.models_url.clone(),
             chat_completions_url: cfg.chat_completions_url.clone(),
             authorization,
             first_byte_timeout: cfg.first_byte_timeout,
             client,
+            last_answer: LastAnswer::default(),
         })
     }
 }

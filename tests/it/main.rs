@@ -11,5 +11,6 @@ mod cli;
 mod errors;
 mod forwarding;
 mod lifecycle;
+mod metrics;
 mod streaming;
 mod support;

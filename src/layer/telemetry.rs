@@ -1,0 +1,248 @@
+//! Observes every request once, when its response body ends (or the client goes away): one
+//! access-log line (request id, method, path, model, status, bytes, total time, time to
+//! upstream headers) and the request metrics (count, duration, in-flight, upstream timings
+//! and errors, time to first byte).
+//!
+//! It records at the end because a stream's size and duration are only known then, and it
+//! reads the facts inner layers wrote into the `RequestContext`, so no other layer needs the
+//! metrics registry. The body wrapper counts frame lengths and notes the first byte; it never
+//! copies or holds data. While the body streams it enters the request's span, so every log
+//! line about the request carries its id. Sits inside `request_id` (so it has the id) and
+//! outside `error_response` (so it sees the final status of errors too).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::context::RequestContext;
+use crate::metrics::{
+    Metrics, RequestLabels, Route, RouteLabels, UpstreamErrorLabels, UpstreamLabels,
+};
+
+/// Adds [`Telemetry`] to a stack. `metrics: None` turns metrics off (logs stay).
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryLayer {
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl<S> Layer<S> for TelemetryLayer {
+    type Service = Telemetry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Telemetry {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct Telemetry<S> {
+    inner: S,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl<S, B, RB> Service<Request<B>> for Telemetry<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    RB: Body<Data = Bytes>,
+{
+    type Response = Response<ObservedBody<RB>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let ctx = req.extensions().get::<Arc<RequestContext>>().cloned();
+        let method = req.method().clone();
+        let route = Route::of(req.uri().path());
+        let path: Box<str> = req.uri().path().chars().take(256).collect();
+        let span = match &ctx {
+            Some(c) => {
+                tracing::info_span!("request", id = %String::from_utf8_lossy(c.id.as_bytes()))
+            }
+            None => tracing::info_span!("request"),
+        };
+        let metrics = self.metrics.clone();
+        if let Some(m) = &metrics {
+            m.in_flight.inc();
+        }
+        let fut = self.inner.call(req).instrument(span.clone());
+        Box::pin(async move {
+            let res = fut.await;
+            let res = match res {
+                Ok(res) => res,
+                Err(e) => {
+                    if let Some(m) = &metrics {
+                        m.in_flight.dec();
+                    }
+                    return Err(e);
+                }
+            };
+            let status = res.status();
+            Ok(res.map(|body| ObservedBody {
+                inner: body,
+                span,
+                record: Some(Record {
+                    ctx,
+                    metrics,
+                    method,
+                    route,
+                    path,
+                    status,
+                    bytes: 0,
+                    first_byte: None,
+                }),
+                ended: false,
+            }))
+        })
+    }
+}
+
+struct Record {
+    ctx: Option<Arc<RequestContext>>,
+    metrics: Option<Arc<Metrics>>,
+    method: Method,
+    route: Route,
+    path: Box<str>,
+    status: StatusCode,
+    bytes: u64,
+    first_byte: Option<Duration>,
+}
+
+/// A response body that counts what passes and observes the request when dropped.
+pub struct ObservedBody<B: Body> {
+    inner: B,
+    span: tracing::Span,
+    record: Option<Record>,
+    ended: bool,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for ObservedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let _entered = this.span.enter();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let (Some(d), Some(r)) = (f.data_ref(), this.record.as_mut()) {
+                    if r.first_byte.is_none() && !d.is_empty() {
+                        r.first_byte = r.ctx.as_ref().map(|c| c.started.elapsed());
+                    }
+                    r.bytes += d.len() as u64;
+                }
+            }
+            Some(Err(_)) | None => this.ended = true,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Body> Drop for ObservedBody<B> {
+    fn drop(&mut self) {
+        let Some(r) = self.record.take() else { return };
+        let _entered = self.span.enter();
+        let complete = self.ended || self.inner.is_end_stream();
+        if let Some(m) = &r.metrics {
+            record_metrics(m, &r);
+        }
+        if tracing::enabled!(target: "vision_gateway::access", tracing::Level::INFO) {
+            log_line(&r, complete);
+        }
+    }
+}
+
+fn record_metrics(m: &Metrics, r: &Record) {
+    m.in_flight.dec();
+    let ctx = r.ctx.as_deref();
+    let model = ctx
+        .and_then(|c| c.model_label.get().cloned())
+        .unwrap_or_else(|| Arc::from("-"));
+    m.requests
+        .get_or_create(&RequestLabels {
+            route: r.route,
+            model,
+            status: r.status.as_u16(),
+        })
+        .inc();
+    let Some(ctx) = ctx else { return };
+    m.request_duration
+        .get_or_create(&RouteLabels { route: r.route })
+        .observe(ctx.started.elapsed().as_secs_f64());
+    let Some(upstream) = ctx.upstream.get() else {
+        return;
+    };
+    let labels = UpstreamLabels {
+        upstream: upstream.clone(),
+    };
+    if let (Some(read), Some(sent)) = (ctx.body_read.get(), ctx.upstream_sent.get()) {
+        m.overhead.observe(sent.saturating_sub(*read).as_secs_f64());
+    }
+    if let (Some(sent), Some(headers)) = (ctx.upstream_sent.get(), ctx.upstream_headers.get()) {
+        m.upstream_headers
+            .get_or_create(&labels)
+            .observe(headers.saturating_sub(*sent).as_secs_f64());
+        if let Some(first) = r.first_byte {
+            m.first_byte
+                .get_or_create(&labels)
+                .observe(first.as_secs_f64());
+        }
+    }
+    if let Some(kind) = ctx.upstream_error.get() {
+        m.upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                upstream: upstream.clone(),
+                kind: *kind,
+            })
+            .inc();
+    }
+}
+
+fn log_line(r: &Record, complete: bool) {
+    let ms = |d: Option<&Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+    let ctx = r.ctx.as_deref();
+    let id = ctx
+        .map(|c| String::from_utf8_lossy(c.id.as_bytes()).into_owned())
+        .unwrap_or_default();
+    tracing::info!(
+        target: "vision_gateway::access",
+        request_id = %id,
+        method = %r.method,
+        path = %r.path,
+        model = ctx.and_then(|c| c.model.get()).map_or("-", |m| &**m),
+        status = r.status.as_u16(),
+        bytes = r.bytes,
+        total_ms = ctx.map_or(0.0, |c| c.started.elapsed().as_secs_f64() * 1e3),
+        upstream_headers_ms = ms(ctx.and_then(|c| c.upstream_headers.get())),
+        first_byte_ms = ms(r.first_byte.as_ref()),
+        complete,
+        "request"
+    );
+}
