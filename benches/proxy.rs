@@ -27,7 +27,9 @@ const SMALL: &str = r#"{"model":"pixtral-12b-2409","messages":[{"role":"system",
 
 fn large() -> Bytes {
     // 1 MiB of base64-alphabet bytes stands in for an inline image.
-    let b64: String = (0..1024 * 1024).map(|i| (b'A' + (i % 26) as u8) as char).collect();
+    let b64: String = (0..1024 * 1024)
+        .map(|i| (b'A' + (i % 26) as u8) as char)
+        .collect();
     Bytes::from(format!(
         r#"{{"model":"pixtral-12b-2409","messages":[{{"role":"user","content":[{{"type":"text","text":"Describe it."}},{{"type":"image_url","image_url":{{"url":"data:image/jpeg;base64,{b64}"}}}}]}}],"max_tokens":300}}"#
     ))
@@ -37,10 +39,14 @@ fn parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("parse");
     let small = Bytes::from_static(SMALL.as_bytes());
     g.throughput(Throughput::Bytes(small.len() as u64));
-    g.bench_function("small_request", |b| b.iter(|| ParsedChat::parse(black_box(small.clone())).unwrap()));
+    g.bench_function("small_request", |b| {
+        b.iter(|| ParsedChat::parse(black_box(small.clone())).unwrap())
+    });
     let big = large();
     g.throughput(Throughput::Bytes(big.len() as u64));
-    g.bench_function("1MiB_inline_image", |b| b.iter(|| ParsedChat::parse(black_box(big.clone())).unwrap()));
+    g.bench_function("1MiB_inline_image", |b| {
+        b.iter(|| ParsedChat::parse(black_box(big.clone())).unwrap())
+    });
     g.finish();
 
     let mut g = c.benchmark_group("splice");
@@ -50,8 +56,12 @@ fn parse(c: &mut Criterion) {
         with: Bytes::from_static(b"\"mistral/pixtral-12b\""),
     }];
     g.throughput(Throughput::Bytes(big.len() as u64));
-    g.bench_function("model_rewrite_1MiB", |b| b.iter(|| splice(black_box(&big), black_box(&edit)).unwrap()));
-    g.bench_function("no_edit_1MiB", |b| b.iter(|| splice(black_box(&big), &[]).unwrap()));
+    g.bench_function("model_rewrite_1MiB", |b| {
+        b.iter(|| splice(black_box(&big), black_box(&edit)).unwrap())
+    });
+    g.bench_function("no_edit_1MiB", |b| {
+        b.iter(|| splice(black_box(&big), &[]).unwrap())
+    });
     g.finish();
 }
 
@@ -59,12 +69,17 @@ fn parse(c: &mut Criterion) {
 async fn connect(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     sender
 }
 
-async fn one(sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>, host: &str) -> usize {
+async fn one(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: &str,
+) -> usize {
     sender.ready().await.unwrap();
     let req = Request::post("/v1/chat/completions")
         .header("host", host)
@@ -77,7 +92,10 @@ async fn one(sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>, 
 }
 
 fn round_trip(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (mock, gateway) = rt.block_on(async {
         let mock = vision_gateway::spawn_mock("127.0.0.1:0".parse().unwrap(), MockOptions::default())
             .await
