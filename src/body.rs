@@ -78,7 +78,9 @@ const SSE_CUT_EVENT: &[u8] = b"data: {\"error\":{\"message\":\"the upstream conn
 /// complete events go out at once; the tail of an event the upstream has not finished is
 /// held until its end arrives. A client can use only complete events anyway, so nothing it
 /// could use is delayed, and on a cut the half event is dropped and the error event is the
-/// clean last word.
+/// clean last word. At most [`MAX_HELD`] bytes are held: past that (an upstream that never
+/// ends an event) they go out as they are, so memory and latency stay bounded; a cut inside
+/// such a giant event still ends with the error event, after the partial bytes.
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Incoming,
@@ -88,6 +90,10 @@ pub struct UpstreamBody {
     done: bool,
     /// Bytes after the last complete event (SSE mode only).
     held: Vec<Bytes>,
+    /// Their total length.
+    held_bytes: usize,
+    /// Whether part of an unfinished event went out (it was larger than [`MAX_HELD`]).
+    partial_out: bool,
     /// Slices ready to go out, in order.
     ready: VecDeque<Bytes>,
     upstream: Arc<str>,
@@ -109,6 +115,8 @@ impl UpstreamBody {
             sse,
             done: false,
             held: Vec::new(),
+            held_bytes: 0,
+            partial_out: false,
             ready: VecDeque::new(),
             upstream,
             ctx,
@@ -116,26 +124,41 @@ impl UpstreamBody {
     }
 
     /// Queues the complete events of `data` (with any held bytes before them) and holds the
-    /// incomplete rest.
+    /// incomplete rest, up to [`MAX_HELD`] bytes.
     fn split_at_event_boundary(&mut self, data: Bytes) {
         let tail = self.held.last().map(|b| b.as_ref()).unwrap_or_default();
         match last_event_end(tail, &data) {
             Some(end) => {
                 self.ready.extend(self.held.drain(..));
+                self.held_bytes = 0;
+                self.partial_out = false;
                 self.ready.push_back(data.slice(..end));
                 if end < data.len() {
+                    self.held_bytes = data.len() - end;
                     self.held.push(data.slice(end..));
                 }
             }
-            None => self.held.push(data),
+            None => {
+                self.held_bytes += data.len();
+                self.held.push(data);
+            }
+        }
+        if self.held_bytes > MAX_HELD {
+            self.ready.extend(self.held.drain(..));
+            self.held_bytes = 0;
+            self.partial_out = true;
         }
     }
 }
 
-/// The end of the last SSE event boundary (a blank line) that ends inside `data`, looking at
-/// the last bytes of `before` for a boundary split across frames.
+/// Held bytes beyond which an unfinished SSE event is passed on as it is.
+pub const MAX_HELD: usize = 64 * 1024;
+
+/// The end of the last SSE event boundary (a blank line: two line ends, each `\n`, `\r\n` or
+/// `\r`) that ends inside `data`, looking at the last bytes of `before` for a boundary split
+/// across frames.
 fn last_event_end(before: &[u8], data: &[u8]) -> Option<usize> {
-    const BOUNDARIES: [&[u8]; 3] = [b"\n\n", b"\r\n\r\n", b"\r\r"];
+    const BOUNDARIES: [&[u8]; 5] = [b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r\n", b"\r\n\n"];
     let within = BOUNDARIES
         .iter()
         .filter_map(|b| memchr::memmem::rfind(data, b).map(|i| i + b.len()))
@@ -195,6 +218,10 @@ impl Body for UpstreamBody {
                         return Poll::Ready(Some(Err(Box::new(err))));
                     }
                     this.held.clear();
+                    if this.partial_out {
+                        // A giant event already went out in part: end its line first.
+                        this.ready.push_back(Bytes::from_static(b"\n\n"));
+                    }
                     this.ready.push_back(Bytes::from_static(SSE_CUT_EVENT));
                 }
             }

@@ -172,3 +172,34 @@ async fn an_event_split_across_frames_arrives_whole_and_unchanged() {
         Bytes::from_static(b"data: {\"n\":2}\n\ndata: [DONE]\n\n")
     );
 }
+
+#[tokio::test]
+async fn an_event_that_never_ends_is_passed_on_once_it_passes_the_hold_cap() {
+    let go = Arc::new(Notify::new());
+    // 100 KiB of `data:` lines with no blank line, then the upstream waits.
+    let line = format!("data: {}\n", "x".repeat(1000));
+    let mut steps: Vec<Step> = (0..100)
+        .map(|_| Step::Data(Bytes::from(line.clone())))
+        .collect();
+    steps.push(Step::WaitFor(go.clone()));
+    steps.push(Step::Data(Bytes::from_static(b"\n")));
+    let up = StandIn::always(Script::sse(steps)).await;
+    let gw = Gateway::to(up.addr).await;
+    let res = send(gw.addr, post("/v1/chat/completions", STREAM_REQ, &[])).await;
+    let mut body = res.into_body();
+    // Bytes arrive while the upstream is still holding its event open: nothing waits unbounded.
+    let mut got = 0;
+    while got < vision_gateway::body::MAX_HELD {
+        got += next_data(&mut body)
+            .await
+            .expect("data before the event ends")
+            .len();
+    }
+    go.notify_one();
+    let rest = body.collect().await.expect("rest").to_bytes();
+    assert_eq!(
+        got + rest.len(),
+        100 * line.len() + 1,
+        "every byte, once, in order"
+    );
+}
