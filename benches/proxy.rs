@@ -6,6 +6,7 @@
 //! - `round_trip`: one non-streaming chat completion over loopback on a kept-alive
 //!   connection, straight to the built-in stand-in upstream (the baseline) and through the
 //!   gateway, in the same run. The difference is what the gateway adds per request.
+//! - `metrics`: the metric updates of one request, and one `/metrics` scrape.
 //!
 //! Run: `cargo bench --bench proxy`. Fixtures are generated here; nothing is downloaded.
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "benchmark set-up")]
@@ -117,5 +118,47 @@ fn round_trip(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, round_trip);
+/// What metrics cost per request: the updates the telemetry layer makes for one proxied
+/// chat completion (a counter, four histograms, the in-flight gauge twice).
+fn metrics(c: &mut Criterion) {
+    use std::sync::Arc;
+    use vision_gateway::metrics::{Metrics, RequestLabels, Route, RouteLabels, UpstreamLabels};
+    let m = Metrics::new();
+    let model: Arc<str> = Arc::from("pixtral-12b-2409");
+    let upstream: Arc<str> = Arc::from("scaleway");
+    let mut g = c.benchmark_group("metrics");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("record_one_request", |b| {
+        b.iter(|| {
+            m.in_flight.inc();
+            m.requests
+                .get_or_create(&RequestLabels {
+                    route: Route::ChatCompletions,
+                    model: model.clone(),
+                    status: 200,
+                })
+                .inc();
+            m.request_duration
+                .get_or_create(&RouteLabels {
+                    route: Route::ChatCompletions,
+                })
+                .observe(black_box(0.0123));
+            let labels = UpstreamLabels {
+                upstream: upstream.clone(),
+            };
+            m.overhead.observe(black_box(0.00004));
+            m.upstream_headers
+                .get_or_create(&labels)
+                .observe(black_box(0.011));
+            m.first_byte
+                .get_or_create(&labels)
+                .observe(black_box(0.0119));
+            m.in_flight.dec();
+        })
+    });
+    g.bench_function("encode_exposition", |b| b.iter(|| black_box(m.encode())));
+    g.finish();
+}
+
+criterion_group!(benches, parse, metrics, round_trip);
 criterion_main!(benches);
