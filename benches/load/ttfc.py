@@ -19,18 +19,13 @@ import statistics
 import sys
 import time
 
-BODY = json.dumps({
-    "model": "pixtral-12b-2409",
-    "messages": [
-        {"role": "system", "content": "You are a careful assistant."},
-        {"role": "user", "content": [{"type": "text", "text": "What is in this image? Answer in one sentence."}]},
-    ],
-    "temperature": 0.7,
-    "max_tokens": 256,
-    "stream": True,
-    # A short stream with no pacing: the first chunk is what is timed.
-    "mock": {"chunks": 4, "chunk_delay_ms": 0},
-}, separators=(",", ":")).encode()
+from util import CHAT
+
+# The load script's request, streamed; a short stream with no pacing: the first chunk is
+# what is timed.
+BODY = json.dumps(
+    dict(CHAT, stream=True, mock={"chunks": 4, "chunk_delay_ms": 0}), separators=(",", ":")
+).encode()
 
 SOCKET_TIMEOUT = 5.0
 
