@@ -13,6 +13,7 @@ use crate::config::{Config, MetricsExport};
 use crate::health::Readiness;
 use crate::layer::checkpoint::CheckpointLayer;
 use crate::layer::error_response::{ErrorResponse, ErrorResponseLayer};
+use crate::layer::head::{Head, HeadLayer};
 use crate::layer::parse_chat::ParseChat;
 use crate::layer::read_body::ReadBody;
 use crate::layer::request_id::{RequestId, RequestIdLayer};
@@ -25,7 +26,7 @@ use crate::upstream::UpstreamBuildError;
 use crate::upstream::forward::Forward;
 
 /// The complete service handed to the server.
-pub type GatewayService = RequestId<Telemetry<ErrorResponse<Router>>>;
+pub type GatewayService = RequestId<Telemetry<Head<ErrorResponse<Router>>>>;
 
 /// The gateway, built and ready to serve.
 pub struct App {
@@ -49,17 +50,18 @@ pub fn build(config: &Config) -> Result<App, UpstreamBuildError> {
     };
 
     let chat = ServiceBuilder::new()
-        // 5. Bounded body read: nothing unbounded is read before this.
+        // 6. Bounded body read: nothing unbounded is read before this.
         .layer(CheckpointLayer(ReadBody {
             max_bytes: config.server.max_body_bytes.get(),
+            timeout: config.server.body_read_timeout,
         }))
-        // 6. Cheap JSON checks before any costly work.
+        // 7. Cheap JSON checks before any costly work.
         .layer(CheckpointLayer(ParseChat))
-        // 7. Route (404 for unknown models) and plan the `model` rewrite.
+        // 8. Route (404 for unknown models) and plan the `model` rewrite.
         .layer(CheckpointLayer(ResolveModel {
             models: models.clone(),
         }))
-        // 8. Upstream.
+        // 9. Upstream.
         .service(Forward);
     let chat: BoxCloneService<Request<Incoming>, Response<ResponseBody>, _> = chat.boxed_clone();
 
@@ -79,9 +81,11 @@ pub fn build(config: &Config) -> Result<App, UpstreamBuildError> {
         .layer(TelemetryLayer {
             metrics: metrics.clone(),
         })
-        // 3. Errors become OpenAI-style JSON here and nowhere else.
+        // 3. HEAD: headers only, also for errors (hyper's HTTP/2 server would send bodies).
+        .layer(HeadLayer)
+        // 4. Errors become OpenAI-style JSON here and nowhere else.
         .layer(ErrorResponseLayer)
-        // 4. Route.
+        // 5. Route.
         .service(router);
     Ok(App {
         service,

@@ -69,6 +69,9 @@ pub struct RawServer {
     /// Seconds in-flight requests and streams get to finish after SIGTERM.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// Seconds a client has to send a whole request body once its headers arrived; 408 after.
+    #[serde(default = "default_body_read_timeout_secs")]
+    pub body_read_timeout_secs: u64,
     /// Serve Prometheus metrics at `/metrics`.
     #[serde(default = "default_true")]
     pub metrics: bool,
@@ -87,6 +90,7 @@ impl Default for RawServer {
             listen: default_listen(),
             max_body_bytes: default_max_body_bytes(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
+            body_read_timeout_secs: default_body_read_timeout_secs(),
             metrics: true,
             metrics_listen: None,
             readiness_upstream_window_secs: 0,
@@ -145,6 +149,9 @@ pub struct RawModel {
     pub tokens_per_image: u32,
 }
 
+fn default_body_read_timeout_secs() -> u64 {
+    30
+}
 fn default_true() -> bool {
     true
 }
@@ -247,6 +254,7 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: NonZeroU64,
     pub shutdown_grace: Duration,
+    pub body_read_timeout: Duration,
     pub metrics: MetricsExport,
     /// `None`: readiness does not depend on upstreams.
     pub readiness_upstream_window: Option<Duration>,
@@ -429,6 +437,10 @@ fn validate_server(
         listen,
         max_body_bytes,
         shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs),
+        body_read_timeout: positive_secs(
+            raw.body_read_timeout_secs,
+            "server.body_read_timeout_secs",
+        )?,
         metrics,
         readiness_upstream_window: (raw.readiness_upstream_window_secs > 0)
             .then(|| Duration::from_secs(raw.readiness_upstream_window_secs)),
@@ -499,6 +511,13 @@ fn validate_upstream(i: usize, raw: &RawUpstream) -> Result<UpstreamConfig, Conf
         connect_timeout,
         first_byte_timeout,
     })
+}
+
+fn positive_secs(secs: u64, key: &str) -> Result<Duration, ConfigError> {
+    if secs == 0 {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 fn positive_ms(ms: u64, key: impl FnOnce() -> String) -> Result<Duration, ConfigError> {

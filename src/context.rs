@@ -17,7 +17,7 @@ pub struct RequestContext {
     pub id: HeaderValue,
     /// When the gateway received the request headers; every duration below counts from it.
     pub started: Instant,
-    /// The model id the request asked for, once parsed (for the log line; at most 256 bytes).
+    /// The model id the request asked for, once parsed (for the log line; `error::bounded`).
     pub model: OnceLock<Box<str>>,
     /// The configured model entry it resolved to (`"*"` for the wildcard): a metrics label.
     pub model_label: OnceLock<Arc<str>>,

@@ -59,6 +59,13 @@ pub enum GatewayError {
     #[error("the request body could not be read completely; resend the request")]
     BodyRead,
 
+    /// The client did not finish sending the body within `server.body_read_timeout_secs`.
+    #[error(
+        "the request body did not arrive within {} s (server.body_read_timeout_secs); send it at once",
+        after.as_secs()
+    )]
+    BodyTimeout { after: Duration },
+
     /// The body is larger than `server.max_body_bytes`.
     #[error(
         "the request body is larger than this gateway's limit of {limit} bytes (server.max_body_bytes); send fewer or smaller images"
@@ -121,7 +128,32 @@ pub enum GatewayError {
     Internal(&'static str),
 }
 
+/// The longest piece of client text (a model id, a path) an error message or log line
+/// repeats.
+const MAX_ECHO: usize = 200;
+
+/// Client text cut to a bounded length with control characters replaced, so it is safe to
+/// repeat in an error message or a log line. The one place client text is made echo-safe.
+pub fn bounded(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(MAX_ECHO)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    if text.chars().nth(MAX_ECHO).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 impl GatewayError {
+    /// 404 for a model id, echoing it bounded.
+    pub fn model_not_found(model: &str) -> Self {
+        Self::ModelNotFound {
+            model: bounded(model),
+        }
+    }
+
     /// The HTTP status sent to the client.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -130,6 +162,7 @@ impl GatewayError {
             | Self::MissingField { .. }
             | Self::InvalidField { .. }
             | Self::BodyRead => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ModelNotFound { .. } | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -150,6 +183,7 @@ impl GatewayError {
             | Self::MissingField { .. }
             | Self::InvalidField { .. }
             | Self::BodyRead
+            | Self::BodyTimeout { .. }
             | Self::BodyTooLarge { .. }
             | Self::ModelNotFound { .. }
             | Self::RouteNotFound { .. }
@@ -171,6 +205,7 @@ impl GatewayError {
             | Self::MissingField { .. }
             | Self::InvalidField { .. }
             | Self::BodyRead => "invalid_request",
+            Self::BodyTimeout { .. } => "request_timeout",
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::ModelNotFound { .. } => "model_not_found",
             Self::RouteNotFound { .. } => "not_found",
@@ -192,6 +227,7 @@ impl GatewayError {
             Self::BodyNotJson { .. }
             | Self::BodyShape { .. }
             | Self::BodyRead
+            | Self::BodyTimeout { .. }
             | Self::BodyTooLarge { .. }
             | Self::RouteNotFound { .. }
             | Self::MethodNotAllowed { .. }
@@ -212,6 +248,7 @@ impl GatewayError {
             | Self::MissingField { .. }
             | Self::InvalidField { .. }
             | Self::BodyRead
+            | Self::BodyTimeout { .. }
             | Self::BodyTooLarge { .. }
             | Self::ModelNotFound { .. }
             | Self::RouteNotFound { .. }
@@ -285,6 +322,15 @@ mod tests {
             assert_eq!(err.status().as_u16(), status, "{err}");
             assert_eq!(err.code(), code, "{err}");
         }
+    }
+
+    #[test]
+    fn echoed_client_text_is_bounded_and_single_line() {
+        let long = "m".repeat(10_000);
+        let e = GatewayError::model_not_found(&long);
+        assert!(e.to_string().len() < 600, "{}", e.to_string().len());
+        let forged = bounded("a\nlevel=ERROR forged\r\t");
+        assert!(!forged.contains(['\n', '\r', '\t']), "{forged}");
     }
 
     #[test]

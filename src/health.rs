@@ -77,31 +77,32 @@ impl Readiness {
     }
 }
 
-/// Asks every upstream `GET {base_url}/models` every `interval`, forever; any HTTP answer
-/// (even 401) counts as the upstream answering. Errors are logged at debug: readiness is
-/// what reports them.
-pub async fn probe_upstreams(upstreams: Vec<Arc<Upstream>>, interval: Duration) {
+/// Asks every upstream `GET {base_url}/models` every `interval`, each upstream in its own
+/// task so a silent one cannot delay the others; any HTTP answer (even 401) counts as the
+/// upstream answering. Errors are logged at debug: readiness is what reports them.
+pub fn probe_upstreams(upstreams: &[Arc<Upstream>], interval: Duration) {
+    for u in upstreams {
+        tokio::spawn(probe(u.clone(), interval));
+    }
+}
+
+async fn probe(u: Arc<Upstream>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for u in &upstreams {
-            let mut req = Request::get(u.models_url.clone());
-            if let Some(auth) = &u.authorization {
-                req = req.header(http::header::AUTHORIZATION, auth.clone());
-            }
-            let Ok(req) = req.body(Full::new(Bytes::new())) else {
-                continue;
-            };
-            match tokio::time::timeout(u.first_byte_timeout.min(interval), u.client.request(req))
-                .await
-            {
-                Ok(Ok(_)) => u.last_answer.now(),
-                Ok(Err(e)) => {
-                    tracing::debug!(upstream = %u.name, error = %e, "readiness probe failed")
-                }
-                Err(_) => tracing::debug!(upstream = %u.name, "readiness probe timed out"),
-            }
+        let mut req = Request::get(u.models_url.clone());
+        if let Some(auth) = &u.authorization {
+            req = req.header(http::header::AUTHORIZATION, auth.clone());
+        }
+        let Ok(req) = req.body(Full::new(Bytes::new())) else {
+            continue;
+        };
+        match tokio::time::timeout(u.first_byte_timeout.min(interval), u.client.request(req)).await
+        {
+            Ok(Ok(_)) => u.last_answer.now(),
+            Ok(Err(e)) => tracing::debug!(upstream = %u.name, error = %e, "readiness probe failed"),
+            Err(_) => tracing::debug!(upstream = %u.name, "readiness probe timed out"),
         }
     }
 }

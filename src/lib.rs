@@ -77,10 +77,7 @@ pub async fn serve_on(
     }
     if let Some(window) = config.server.readiness_upstream_window {
         let interval = (window / 3).max(Duration::from_secs(1));
-        tokio::spawn(health::probe_upstreams(
-            app.models.upstreams().to_vec(),
-            interval,
-        ));
+        health::probe_upstreams(app.models.upstreams(), interval);
     }
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "vision-gateway listening");

@@ -72,13 +72,20 @@ impl EncodeLabelValue for Route {
     }
 }
 
-impl EncodeLabelValue for UpstreamErrorKind {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        encoder.write_str(match self {
+impl UpstreamErrorKind {
+    /// The label value and log word.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Self::Connect => "connect",
             Self::Timeout => "timeout",
             Self::Reset => "reset",
-        })
+        }
+    }
+}
+
+impl EncodeLabelValue for UpstreamErrorKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
     }
 }
 

@@ -161,6 +161,11 @@ where
     res
 }
 
+/// The most content chunks a request may ask for.
+const MAX_MOCK_CHUNKS: u64 = 100_000;
+/// The longest delay a request may ask for.
+const MAX_MOCK_DELAY_MS: u64 = 600_000;
+
 /// Per-request shape and faults, from the body's `"mock"` object over the defaults.
 struct Control {
     chunks: usize,
@@ -174,10 +179,14 @@ impl Control {
     fn from(body: &Value, opts: MockOptions) -> Self {
         let m = &body["mock"];
         let num = |k: &str| m[k].as_u64();
+        // Clamped: the stand-in must not be a way to exhaust the host it runs on.
+        let ms = |v: u64| Duration::from_millis(v.min(MAX_MOCK_DELAY_MS));
         Self {
-            chunks: num("chunks").map_or(opts.chunks, |v| usize::try_from(v).unwrap_or(0)),
-            chunk_delay: num("chunk_delay_ms").map_or(opts.chunk_delay, Duration::from_millis),
-            delay: Duration::from_millis(num("delay_ms").unwrap_or(0)),
+            chunks: num("chunks").map_or(opts.chunks, |v| {
+                usize::try_from(v.min(MAX_MOCK_CHUNKS)).unwrap_or(0)
+            }),
+            chunk_delay: num("chunk_delay_ms").map_or(opts.chunk_delay, ms),
+            delay: num("delay_ms").map_or(Duration::ZERO, ms),
             status: num("status")
                 .and_then(|s| u16::try_from(s).ok())
                 .and_then(|s| StatusCode::from_u16(s).ok()),

@@ -10,11 +10,11 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use tower::Service;
 use tower::util::BoxCloneService;
+use tower::{Service, ServiceExt};
 
 use crate::body::ResponseBody;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, bounded};
 use crate::health::{Readiness, ReadyState};
 use crate::metrics::Metrics;
 use crate::models::ModelTable;
@@ -49,7 +49,9 @@ impl Service<Request<Incoming>> for Router {
         let answer = match path {
             "/v1/chat/completions" => {
                 if method == Method::POST {
-                    return Box::pin(self.chat.call(req));
+                    // `oneshot` honours the chat stack's readiness (later layers may apply
+                    // back-pressure).
+                    return Box::pin(self.chat.clone().oneshot(req));
                 }
                 Err(wrong_method(path, method, "POST"))
             }
@@ -67,21 +69,19 @@ impl Service<Request<Incoming>> for Router {
                 ReadyState::Draining => Err(GatewayError::ShuttingDown),
                 ReadyState::UpstreamsSilent => Err(GatewayError::UpstreamsSilent),
             }),
-            "/metrics" if self.metrics.is_some() => {
-                get_only(path, method).map(|()| match &self.metrics {
-                    Some(m) => metrics_response(m),
-                    None => json(StatusCode::NOT_FOUND, Bytes::new()),
-                })
-            }
+            "/metrics" if self.metrics.is_some() => get_only(path, method).and_then(|()| {
+                self.metrics
+                    .as_deref()
+                    .map(metrics_response)
+                    .ok_or(GatewayError::Internal("metrics route without a registry"))
+            }),
             _ => match path.strip_prefix("/v1/models/") {
                 Some(id) => get_only(path, method).and_then(|()| {
                     let id = percent_decode(id);
                     self.models
                         .model_json(&id)
                         .map(|b| json(StatusCode::OK, b))
-                        .ok_or(GatewayError::ModelNotFound {
-                            model: bounded(&id),
-                        })
+                        .ok_or_else(|| GatewayError::model_not_found(&id))
                 }),
                 None => Err(GatewayError::RouteNotFound {
                     path: bounded(path),
@@ -90,11 +90,6 @@ impl Service<Request<Incoming>> for Router {
         };
         Box::pin(std::future::ready(answer))
     }
-}
-
-/// Client text echoed in a message is cut to a bounded length.
-fn bounded(s: &str) -> String {
-    s.chars().take(200).collect()
 }
 
 fn percent_decode(s: &str) -> String {

@@ -17,6 +17,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 
 use crate::health::Readiness;
 
@@ -25,7 +26,7 @@ use crate::health::Readiness;
 pub enum Drained {
     /// Every connection finished within the grace period.
     Clean,
-    /// The grace period ran out; remaining connections were dropped.
+    /// The grace period ran out; the remaining connections were cut.
     GraceExpired,
 }
 
@@ -54,8 +55,14 @@ where
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(1024);
+        // Each stream may hold a request body of up to server.max_body_bytes in memory.
+        .max_concurrent_streams(128)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let graceful = GracefulShutdown::new();
+    // Owns every connection task: dropping it (when this function returns) aborts whatever
+    // outlived the grace period, even when the runtime itself lives on (tests, embedders).
+    let mut connections = JoinSet::new();
     readiness.set_ready();
     tokio::pin!(shutdown);
     loop {
@@ -77,7 +84,9 @@ where
                 }
                 let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
                 let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
+                // Reap finished connections so the set stays as small as the live ones.
+                while connections.try_join_next().is_some() {}
+                connections.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
@@ -97,7 +106,11 @@ where
             Drained::Clean
         }
         Err(_) => {
-            tracing::warn!("grace period expired with requests still in flight");
+            tracing::warn!(
+                connections = connections.len(),
+                "grace period expired with requests still in flight; cutting them"
+            );
+            connections.abort_all();
             Drained::GraceExpired
         }
     }

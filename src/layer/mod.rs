@@ -7,22 +7,25 @@
 //! 2. [`telemetry`]: the access-log line and the request metrics, recorded once when the
 //!    response body ends, from the facts inner layers left in the request context. Wraps the
 //!    body, never copies it.
-//! 3. [`error_response`]: the one place a `GatewayError` becomes an OpenAI-style JSON
+//! 3. [`head`]: HEAD gets the headers of a GET and no body (hyper's HTTP/2 server would
+//!    send the body).
+//! 4. [`error_response`]: the one place a `GatewayError` becomes an OpenAI-style JSON
 //!    response. Below it, everything returns `Result<_, GatewayError>`.
-//! 4. `routes::Router`: health, readiness, models, metrics, 404/405, and the chat stack below.
+//! 5. `routes::Router`: health, readiness, models, metrics, 404/405, and the chat stack below.
 //!
 //! `POST /v1/chat/completions` (checkpoints: each takes a request of one type and returns the
 //! next type or an error; none builds a response):
-//! 5. [`read_body`]: 413 above `server.max_body_bytes` (from Content-Length before reading,
+//! 6. [`read_body`]: 413 above `server.max_body_bytes` (from Content-Length before reading,
 //!    and while reading); `Incoming` → `Bytes`.
-//! 6. [`parse_chat`]: 400 `invalid_request` for bad JSON or missing/ill-typed `model` and
+//! 7. [`parse_chat`]: 400 `invalid_request` for bad JSON or missing/ill-typed `model` and
 //!    `messages`; `Bytes` → `ParsedChat`. Cheap, so it runs before anything costly.
-//! 7. [`resolve_model`]: 404 `model_not_found`; picks the route and plans the `model`
+//! 8. [`resolve_model`]: 404 `model_not_found`; picks the route and plans the `model`
 //!    rewrite; `ParsedChat` → `ChatRequest`.
-//! 8. `upstream::forward::Forward`: sends upstream; 502 / 504; streams the answer back.
+//! 9. `upstream::forward::Forward`: sends upstream; 502 / 504; streams the answer back.
 
 pub mod checkpoint;
 pub mod error_response;
+pub mod head;
 pub mod parse_chat;
 pub mod read_body;
 pub mod request_id;

@@ -10,10 +10,7 @@ use http::Request;
 use super::checkpoint::Checkpoint;
 use crate::chat::ParsedChat;
 use crate::context::RequestContext;
-use crate::error::GatewayError;
-
-/// Longest model id kept for the access log; ids are client text, so they are bounded.
-const MAX_LOGGED_MODEL: usize = 256;
+use crate::error::{GatewayError, bounded};
 
 /// The parsing checkpoint.
 #[derive(Debug, Clone, Copy)]
@@ -26,13 +23,7 @@ impl Checkpoint<Bytes> for ParseChat {
         let (parts, body) = req.into_parts();
         let parsed = ParsedChat::parse(body)?;
         if let Some(ctx) = parts.extensions.get::<std::sync::Arc<RequestContext>>() {
-            let mut end = parsed.model.len().min(MAX_LOGGED_MODEL);
-            while !parsed.model.is_char_boundary(end) {
-                end -= 1;
-            }
-            let _ = ctx
-                .model
-                .set(parsed.model.get(..end).unwrap_or_default().into());
+            let _ = ctx.model.set(bounded(&parsed.model).into());
         }
         Ok(Request::from_parts(parts, parsed))
     }

@@ -2,8 +2,11 @@
 //!
 //! Rejects with 413 `request_too_large` when Content-Length announces more than the cap
 //! (before reading a byte) or when the bytes received pass it (whatever Content-Length said),
-//! and with 400 if the client stops sending mid-body. It sits first in the chat stack because
+//! with 400 if the client stops sending mid-body, and with 408 `request_timeout` if the body
+//! takes longer than `server.body_read_timeout_secs` (a slow sender holds memory). It sits first in the chat stack because
 //! every later check needs the body, and nothing unbounded may be read before it.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -19,6 +22,8 @@ use crate::error::GatewayError;
 pub struct ReadBody {
     /// The largest body accepted, in bytes.
     pub max_bytes: u64,
+    /// How long the whole body may take to arrive.
+    pub timeout: Duration,
 }
 
 impl<B> Checkpoint<B> for ReadBody
@@ -42,7 +47,13 @@ where
         }
         let (parts, body) = req.into_parts();
         let cap = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
-        match Limited::new(body, cap).collect().await {
+        let read = tokio::time::timeout(self.timeout, Limited::new(body, cap).collect());
+        let Ok(read) = read.await else {
+            return Err(GatewayError::BodyTimeout {
+                after: self.timeout,
+            });
+        };
+        match read {
             Ok(collected) => {
                 if let Some(ctx) = parts.extensions.get::<std::sync::Arc<RequestContext>>() {
                     ctx.mark(&ctx.body_read);

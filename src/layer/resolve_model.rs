@@ -26,9 +26,7 @@ impl Checkpoint<ParsedChat> for ResolveModel {
     async fn check(&self, req: Request<ParsedChat>) -> Result<Request<ChatRequest>, GatewayError> {
         let (parts, parsed) = req.into_parts();
         let Some(route) = self.models.resolve(&parsed.model).cloned() else {
-            return Err(GatewayError::ModelNotFound {
-                model: parsed.model,
-            });
+            return Err(GatewayError::model_not_found(&parsed.model));
         };
         if let Some(ctx) = parts.extensions.get::<Arc<RequestContext>>() {
             let _ = ctx.model_label.set(route.id.clone());

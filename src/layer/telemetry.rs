@@ -23,6 +23,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::context::RequestContext;
+use crate::error::bounded;
 use crate::metrics::{
     Metrics, RequestLabels, Route, RouteLabels, UpstreamErrorLabels, UpstreamLabels,
 };
@@ -67,50 +68,49 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let ctx = req.extensions().get::<Arc<RequestContext>>().cloned();
-        let method = req.method().clone();
-        let route = Route::of(req.uri().path());
-        let path: Box<str> = req.uri().path().chars().take(256).collect();
         let span = match &ctx {
             Some(c) => {
                 tracing::info_span!("request", id = %String::from_utf8_lossy(c.id.as_bytes()))
             }
             None => tracing::info_span!("request"),
         };
-        let metrics = self.metrics.clone();
-        if let Some(m) = &metrics {
+        if let Some(m) = &self.metrics {
             m.in_flight.inc();
         }
+        // Recorded as 499 (client closed) if the future is dropped before a response exists.
+        let mut pending = Pending(Some(Record {
+            ctx,
+            metrics: self.metrics.clone(),
+            method: req.method().clone(),
+            route: Route::of(req.uri().path()),
+            path: bounded(req.uri().path()).into(),
+            status: CLIENT_CLOSED,
+            bytes: 0,
+            first_byte: None,
+            errored: false,
+        }));
         let fut = self.inner.call(req).instrument(span.clone());
         Box::pin(async move {
-            let res = fut.await;
-            let res = match res {
-                Ok(res) => res,
-                Err(e) => {
-                    if let Some(m) = &metrics {
-                        m.in_flight.dec();
-                    }
-                    return Err(e);
-                }
-            };
-            let status = res.status();
+            let res = fut.await?;
+            let mut record = pending.0.take();
+            if let Some(r) = &mut record {
+                r.status = res.status();
+            }
             Ok(res.map(|body| ObservedBody {
                 inner: body,
                 span,
-                record: Some(Record {
-                    ctx,
-                    metrics,
-                    method,
-                    route,
-                    path,
-                    status,
-                    bytes: 0,
-                    first_byte: None,
-                }),
+                record,
                 ended: false,
             }))
         })
     }
 }
+
+/// nginx's "client closed request": the client left before the response began.
+const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
 
 struct Record {
     ctx: Option<Arc<RequestContext>>,
@@ -121,6 +121,37 @@ struct Record {
     status: StatusCode,
     bytes: u64,
     first_byte: Option<Duration>,
+    /// The body ended with an error (the client saw a broken response).
+    errored: bool,
+}
+
+impl Record {
+    /// Writes the metrics and the log line.
+    fn finish(self, ended: bool) {
+        let complete = ended
+            && !self.errored
+            && self
+                .ctx
+                .as_ref()
+                .is_none_or(|c| c.upstream_error.get().is_none());
+        if let Some(m) = &self.metrics {
+            record_metrics(m, &self);
+        }
+        if tracing::enabled!(target: "vision_gateway::access", tracing::Level::INFO) {
+            log_line(&self, complete);
+        }
+    }
+}
+
+/// Owns the record until a response exists.
+struct Pending(Option<Record>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            r.finish(false);
+        }
+    }
 }
 
 /// A response body that counts what passes and observes the request when dropped.
@@ -151,7 +182,13 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ObservedBody<B> {
                     r.bytes += d.len() as u64;
                 }
             }
-            Some(Err(_)) | None => this.ended = true,
+            Some(Err(_)) => {
+                this.ended = true;
+                if let Some(r) = this.record.as_mut() {
+                    r.errored = true;
+                }
+            }
+            None => this.ended = true,
         }
         Poll::Ready(frame)
     }
@@ -169,13 +206,8 @@ impl<B: Body> Drop for ObservedBody<B> {
     fn drop(&mut self) {
         let Some(r) = self.record.take() else { return };
         let _entered = self.span.enter();
-        let complete = self.ended || self.inner.is_end_stream();
-        if let Some(m) = &r.metrics {
-            record_metrics(m, &r);
-        }
-        if tracing::enabled!(target: "vision_gateway::access", tracing::Level::INFO) {
-            log_line(&r, complete);
-        }
+        let ended = self.ended || self.inner.is_end_stream();
+        r.finish(ended);
     }
 }
 
@@ -242,6 +274,7 @@ fn log_line(r: &Record, complete: bool) {
         total_ms = ctx.map_or(0.0, |c| c.started.elapsed().as_secs_f64() * 1e3),
         upstream_headers_ms = ms(ctx.and_then(|c| c.upstream_headers.get())),
         first_byte_ms = ms(r.first_byte.as_ref()),
+        upstream_error = ctx.and_then(|c| c.upstream_error.get()).map(|k| k.as_str()),
         complete,
         "request"
     );

@@ -250,3 +250,46 @@ async fn http2_clients_are_served_and_streams_pass_through() {
         Bytes::from_static(CHAT.as_bytes())
     );
 }
+
+#[tokio::test]
+async fn head_gets_headers_and_no_body_over_http1_and_http2() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let up = StandIn::always(Script::json("{}")).await;
+    let gw = Gateway::to(up.addr).await;
+    let head = |path: &str| {
+        http::Request::head(format!("http://{}{path}", gw.addr))
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    let a = call(gw.addr, head("/v1/models")).await;
+    assert_eq!(a.status, 200);
+    assert!(a.body.is_empty());
+
+    let stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    for (path, status) in [("/v1/models", 200), ("/healthz", 200), ("/nope", 404)] {
+        let res = sender.send_request(head(path)).await.expect("response");
+        assert_eq!(res.status().as_u16(), status, "{path}");
+        let len: usize = res.headers()["content-length"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("number");
+        assert!(len > 0, "{path}: content-length is the GET's");
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .expect("no protocol error")
+            .to_bytes();
+        assert!(body.is_empty(), "{path}");
+    }
+}

@@ -94,4 +94,9 @@ async fn a_stream_outliving_the_grace_period_is_cut_and_reported() {
     next_data(&mut body).await.expect("first chunk");
     gw.begin_shutdown();
     assert_eq!(gw.finished().await, Drained::GraceExpired);
+    // The stream was cut, not left running on a drained server.
+    let rest = tokio::time::timeout(EVENT_TIMEOUT, body.collect())
+        .await
+        .expect("the cut arrives");
+    assert!(rest.is_err(), "the client sees the cut");
 }

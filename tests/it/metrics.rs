@@ -215,3 +215,54 @@ async fn readiness_can_require_an_answering_upstream() {
     }
     assert!(ready, "/readyz turns 200 once the upstream answered");
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_is_counted_as_499_and_leaves_no_gauge_behind() {
+    let mut slow = Script::json("{}");
+    slow.delay_headers = Duration::from_secs(3);
+    let mut up = StandIn::always(slow).await;
+    let gw = Gateway::to(up.addr).await;
+    let addr = gw.addr;
+    let client =
+        tokio::spawn(async move { call(addr, post("/v1/chat/completions", CHAT, &[])).await });
+    up.next_request().await;
+    client.abort();
+    let series = r#"vision_gateway_requests_total{route="chat_completions",model="pixtral-12b-2409",status="499"}"#;
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = scrape(gw.addr).await;
+        if sample(&text, series).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sample(&text, series), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "vision_gateway_requests_in_flight"),
+        Some(1.0),
+        "only the scrape"
+    );
+}
+
+#[tokio::test]
+async fn a_model_served_by_the_wildcard_is_labelled_with_the_wildcard() {
+    let up = StandIn::always(Script::json("{}")).await;
+    let gw = Gateway::to(up.addr).await;
+    let body = r#"{"model":"client-invented-name","messages":[{"role":"user","content":"hi"}]}"#;
+    assert_eq!(
+        call(gw.addr, post("/v1/chat/completions", body, &[]))
+            .await
+            .status,
+        200
+    );
+    let text = scrape(gw.addr).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"vision_gateway_requests_total{route="chat_completions",model="*",status="200"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(!text.contains("client-invented-name"));
+}
