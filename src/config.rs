@@ -110,7 +110,7 @@ pub struct RawUpstream {
     /// `Authorization` header is forwarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
-    /// TCP (and TLS) connect timeout.
+    /// TCP connect timeout (DNS and the TLS handshake count against `first_byte_timeout_ms`).
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// Time allowed until the upstream's response headers; a stream may then run on.
