@@ -83,7 +83,7 @@ impl ParsedChat {
         let list: Vec<&RawValue> =
             serde_json::from_str(messages.get()).map_err(|_| GatewayError::InvalidField {
                 field: "messages",
-                expected: "must be an array of message objects",
+                expected: "must be an array of messages",
             })?;
         if list.is_empty() {
             return Err(GatewayError::InvalidField {
