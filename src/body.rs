@@ -15,10 +15,10 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
 
 use crate::context::RequestContext;
 use crate::metrics::UpstreamErrorKind;
+use crate::upstream::UpstreamIncoming;
 
 /// Errors a response body can end with (only a non-SSE upstream body that was cut).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -83,7 +83,8 @@ const SSE_CUT_EVENT: &[u8] = b"data: {\"error\":{\"message\":\"the upstream conn
 /// such a giant event still ends with the error event, after the partial bytes.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
+    /// hyper's body plus the pooled connection, which it hands back at a clean end.
+    inner: UpstreamIncoming,
     /// Whether a cut may be reported in-band as an SSE event (the response is an
     /// uncompressed `text/event-stream` without a fixed length).
     sse: bool,
@@ -105,7 +106,7 @@ impl UpstreamBody {
     /// Wraps an upstream body. `sse` enables event-boundary tracking and the in-band error
     /// event on a cut.
     pub fn new(
-        inner: Incoming,
+        inner: UpstreamIncoming,
         sse: bool,
         upstream: Arc<str>,
         ctx: Option<Arc<RequestContext>>,

@@ -40,7 +40,7 @@ impl Service<Request<ChatRequest>> for Forward {
         Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The pooled client queues internally; there is no back-pressure to report here.
+        // The pools connect on demand; there is no back-pressure to report here.
         Poll::Ready(Ok(()))
     }
 
@@ -125,13 +125,13 @@ async fn forward(req: Request<ChatRequest>) -> Result<Response<ResponseBody>, Ga
 /// Whether an in-band error event may be appended to this response on a cut: only to an SSE
 /// stream whose bytes the gateway may extend (no content-encoding, no fixed length).
 fn is_uncompressed_unsized_sse(h: &http::HeaderMap) -> bool {
-    let is_sse = h
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        });
+    // Compared in place, without lowercasing into a new string: this runs on every response.
+    const SSE: &[u8] = b"text/event-stream";
+    let is_sse = h.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .trim_ascii_start()
+            .get(..SSE.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(SSE))
+    });
     is_sse && !h.contains_key(header::CONTENT_ENCODING) && !h.contains_key(header::CONTENT_LENGTH)
 }

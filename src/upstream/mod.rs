@@ -1,10 +1,13 @@
-//! The upstream side: one pooled HTTP client per configured upstream, and the innermost
-//! service that forwards a checked request to it.
+//! The upstream side: one pooled HTTP client per configured upstream (a lean HTTP/1.1 pool
+//! of our own for `http://`, hyper-util's client for `https://`, see [`client`]), and the
+//! innermost service that forwards a checked request to it.
 //!
 //! This module owns every outbound connection to model servers. It must not inspect or
 //! rewrite response bodies: frames go back to the client as they arrive.
 
+pub mod client;
 pub mod forward;
+pub mod pool;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -20,8 +23,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::UpstreamConfig;
 
-/// The pooled HTTP/1.1 + HTTP/2 client, TLS by rustls with the bundled Mozilla roots (so it
-/// works without system certificates).
+pub use client::{ClientError, UpstreamClient, UpstreamIncoming};
+use pool::Http1Pool;
+
+/// The pooled HTTP/1.1 + HTTP/2 client for `https://` upstreams, TLS by rustls with the
+/// bundled Mozilla roots (so it works without system certificates).
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A configured upstream, ready to take requests.
@@ -35,7 +41,8 @@ pub struct Upstream {
     /// `Bearer <key>`, marked sensitive so it is never printed by `http`'s Debug.
     pub authorization: Option<HeaderValue>,
     pub first_byte_timeout: Duration,
-    pub client: HttpClient,
+    /// The lean HTTP/1.1 pool for `http://`, hyper-util's client for `https://`.
+    pub client: UpstreamClient,
     /// When the upstream last answered anything (for readiness).
     pub last_answer: LastAnswer,
 }
@@ -81,26 +88,10 @@ pub enum UpstreamBuildError {
 impl Upstream {
     /// Builds the client for one upstream.
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, UpstreamBuildError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|source| UpstreamBuildError::Tls {
-                name: cfg.name.clone(),
-                source,
-            })?
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(https);
+        let client = match Http1Pool::new(&cfg.chat_completions_url, cfg.connect_timeout) {
+            Some(pool) => UpstreamClient::Http1(Arc::new(pool)),
+            None => UpstreamClient::Legacy(Box::new(legacy_client(cfg)?)),
+        };
         let authorization = match &cfg.api_key {
             None => None,
             Some(key) => {
@@ -124,4 +115,28 @@ impl Upstream {
             last_answer: LastAnswer::default(),
         })
     }
+}
+
+/// hyper-util's pooled client with rustls, for `https://` upstreams.
+fn legacy_client(cfg: &UpstreamConfig) -> Result<HttpClient, UpstreamBuildError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .map_err(|source| UpstreamBuildError::Tls {
+            name: cfg.name.clone(),
+            source,
+        })?
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(https))
 }

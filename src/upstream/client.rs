@@ -1,0 +1,124 @@
+//! The one client interface the request path and the readiness probe use, over two
+//! implementations: the lean HTTP/1.1 pool ([`super::pool`]) for plain `http://` upstreams,
+//! where the gateway's overhead matters most (local model servers), and hyper-util's legacy
+//! `Client` for `https://` ones, which need TLS, ALPN and HTTP/2.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use super::HttpClient;
+use super::pool::{Http1Pool, PoolError, PoolGuard};
+
+/// How requests reach one upstream.
+#[derive(Debug)]
+pub enum UpstreamClient {
+    /// Plain HTTP/1.1 on a pool of our own.
+    Http1(Arc<Http1Pool>),
+    /// TLS, HTTP/1.1 or HTTP/2 by ALPN, hyper-util's pooled client.
+    Legacy(Box<HttpClient>),
+}
+
+/// Why an upstream request failed before a response head arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Legacy(#[from] hyper_util::client::legacy::Error),
+}
+
+impl ClientError {
+    /// Whether no connection could be made (502 `connect`), as opposed to a failure on an
+    /// established one (502 `reset`).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            Self::Pool(PoolError::Connect(_)) => true,
+            Self::Pool(PoolError::Request(_)) => false,
+            Self::Legacy(e) => e.is_connect(),
+        }
+    }
+}
+
+impl UpstreamClient {
+    /// Sends `req`, whose URI is the absolute URL of an endpoint of this upstream. The
+    /// response body hands a pooled connection back when it ends cleanly.
+    pub async fn request(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<UpstreamIncoming>, ClientError> {
+        match self {
+            Self::Http1(pool) => {
+                let (res, guard) = pool.request(req).await?;
+                Ok(res.map(|body| UpstreamIncoming::new(body, Some(guard))))
+            }
+            Self::Legacy(client) => {
+                let res = client.request(req).await?;
+                Ok(res.map(|body| UpstreamIncoming::new(body, None)))
+            }
+        }
+    }
+}
+
+/// An upstream response body: hyper's, plus the pooled connection it arrives on. The
+/// connection goes back to the pool the moment the body has been read to its end without
+/// error (after the last data frame when the length is known, since hyper's server may then
+/// drop the body without polling it again); if the body errs or is dropped before that, the
+/// guard is dropped with it and the connection closes, so a half-read response never leaves
+/// bytes on a connection someone else reuses.
+#[derive(Debug)]
+pub struct UpstreamIncoming {
+    inner: Incoming,
+    guard: Option<PoolGuard>,
+}
+
+impl UpstreamIncoming {
+    fn new(inner: Incoming, guard: Option<PoolGuard>) -> Self {
+        let mut body = Self { inner, guard };
+        // An empty body (e.g. `content-length: 0`) is over before it is polled.
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some(guard) = self.guard.take() {
+            guard.release();
+        }
+    }
+}
+
+impl Body for UpstreamIncoming {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
+            Some(Ok(_)) => {}
+            None => this.release(),
+            Some(Err(_)) => this.guard = None,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
