@@ -17,6 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 
 use crate::context::RequestContext;
+use crate::error::GatewayError;
 use crate::metrics::UpstreamErrorKind;
 use crate::upstream::UpstreamIncoming;
 
@@ -68,10 +69,6 @@ impl Body for ResponseBody {
     }
 }
 
-/// The event sent when the upstream cuts an SSE stream. It always follows a complete event
-/// (partial events are held back, see [`UpstreamBody`]), so SSE parsers read it on its own.
-const SSE_CUT_EVENT: &[u8] = b"data: {\"error\":{\"message\":\"the upstream connection broke before the response was complete; the answer is truncated, retry the request\",\"type\":\"server_error\",\"param\":null,\"code\":\"upstream_unavailable\"}}\n\n";
-
 /// The upstream's response body, passed through.
 ///
 /// In SSE mode, each frame is split (zero-copy `Bytes` slices) at the last event boundary:
@@ -95,8 +92,12 @@ pub struct UpstreamBody {
     held_bytes: usize,
     /// Whether part of an unfinished event went out (it was larger than [`MAX_HELD`]).
     partial_out: bool,
-    /// Slices ready to go out, in order.
-    ready: VecDeque<Bytes>,
+    /// The last (up to 3) bytes of the stream so far, to find a boundary split over frames
+    /// however small they are.
+    tail: [u8; 3],
+    tail_len: usize,
+    /// Frames ready to go out, in order.
+    ready: VecDeque<Frame<Bytes>>,
     upstream: Arc<str>,
     /// Where a cut is recorded for the metrics.
     ctx: Option<Arc<RequestContext>>,
@@ -118,6 +119,8 @@ impl UpstreamBody {
             held: Vec::new(),
             held_bytes: 0,
             partial_out: false,
+            tail: [0; 3],
+            tail_len: 0,
             ready: VecDeque::new(),
             upstream,
             ctx,
@@ -127,13 +130,13 @@ impl UpstreamBody {
     /// Queues the complete events of `data` (with any held bytes before them) and holds the
     /// incomplete rest, up to [`MAX_HELD`] bytes.
     fn split_at_event_boundary(&mut self, data: Bytes) {
-        let tail = self.held.last().map(|b| b.as_ref()).unwrap_or_default();
-        match last_event_end(tail, &data) {
+        let end = last_event_end(&self.tail[..self.tail_len], &data);
+        self.remember_tail(&data);
+        match end {
             Some(end) => {
-                self.ready.extend(self.held.drain(..));
-                self.held_bytes = 0;
+                self.release_held();
                 self.partial_out = false;
-                self.ready.push_back(data.slice(..end));
+                self.ready.push_back(Frame::data(data.slice(..end)));
                 if end < data.len() {
                     self.held_bytes = data.len() - end;
                     self.held.push(data.slice(end..));
@@ -145,10 +148,27 @@ impl UpstreamBody {
             }
         }
         if self.held_bytes > MAX_HELD {
-            self.ready.extend(self.held.drain(..));
-            self.held_bytes = 0;
+            self.release_held();
             self.partial_out = true;
         }
+    }
+
+    /// Queues every held byte, in order.
+    fn release_held(&mut self) {
+        self.ready.extend(self.held.drain(..).map(Frame::data));
+        self.held_bytes = 0;
+    }
+
+    /// Keeps the last 3 bytes of the stream after `data`.
+    fn remember_tail(&mut self, data: &[u8]) {
+        let mut joint = [0u8; 6];
+        joint[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+        let take = data.len().min(3);
+        joint[self.tail_len..self.tail_len + take].copy_from_slice(&data[data.len() - take..]);
+        let len = self.tail_len + take;
+        let keep = len.min(3);
+        self.tail[..keep].copy_from_slice(&joint[len - keep..len]);
+        self.tail_len = keep;
     }
 }
 
@@ -192,8 +212,8 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
-            if let Some(b) = this.ready.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(b))));
+            if let Some(frame) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(frame)));
             }
             if this.done {
                 return Poll::Ready(None);
@@ -201,13 +221,17 @@ impl Body for UpstreamBody {
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) if this.sse => match frame.into_data() {
                     Ok(data) => this.split_at_event_boundary(data),
-                    Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    Err(trailers) => {
+                        // Trailers end the body: held bytes go first.
+                        this.release_held();
+                        this.ready.push_back(trailers);
+                    }
                 },
                 Some(Ok(frame)) => return Poll::Ready(Some(Ok(frame))),
                 None => {
                     // A clean end: whatever was held goes out as the upstream sent it.
                     this.done = true;
-                    this.ready.extend(this.held.drain(..));
+                    this.release_held();
                 }
                 Some(Err(err)) => {
                     this.done = true;
@@ -221,9 +245,13 @@ impl Body for UpstreamBody {
                     this.held.clear();
                     if this.partial_out {
                         // A giant event already went out in part: end its line first.
-                        this.ready.push_back(Bytes::from_static(b"\n\n"));
+                        this.ready
+                            .push_back(Frame::data(Bytes::from_static(b"\n\n")));
                     }
-                    this.ready.push_back(Bytes::from_static(SSE_CUT_EVENT));
+                    let cut = GatewayError::UpstreamCut {
+                        upstream: this.upstream.clone(),
+                    };
+                    this.ready.push_back(Frame::data(cut.to_sse_event()));
                 }
             }
         }
@@ -247,7 +275,11 @@ mod tests {
 
     #[test]
     fn the_cut_event_is_an_openai_error_the_sdk_recognises() {
-        let text = std::str::from_utf8(SSE_CUT_EVENT).unwrap_or_default();
+        let event = GatewayError::UpstreamCut {
+            upstream: Arc::from("u"),
+        }
+        .to_sse_event();
+        let text = std::str::from_utf8(&event).unwrap_or_default();
         assert!(text.starts_with("data: ") && text.ends_with("\n\n"));
         let data = text.trim().strip_prefix("data: ").unwrap_or_default();
         let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();

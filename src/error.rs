@@ -6,10 +6,18 @@
 //! else in the crate builds an error response: `layer::error_response` turns these into
 //! `{"error":{"message","type","param","code"}}` bodies.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use http::StatusCode;
+
+use crate::openai::{ErrorBody, ErrorDetail};
+
+/// Served if serialising an error body ever fails (it cannot for these types).
+const FALLBACK_JSON: &[u8] = br#"{"error":{"message":"internal error","type":"server_error","param":null,"code":"internal_error"}}"#;
 
 /// Why the upstream could not be used, in words safe to show a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +110,13 @@ pub enum GatewayError {
         reason: UpstreamFailure,
     },
 
+    /// The upstream's connection broke after the response began (reported in-band, as the
+    /// last SSE event: the status line has already gone out).
+    #[error(
+        "the upstream `{upstream}` connection broke before the response was complete; the answer is truncated, retry the request"
+    )]
+    UpstreamCut { upstream: Arc<str> },
+
     /// The upstream sent no response headers within `first_byte_timeout_ms`.
     #[error(
         "the upstream `{upstream}` sent no response within {} ms (first_byte_timeout_ms); retry later or raise the timeout",
@@ -154,6 +169,28 @@ impl GatewayError {
         }
     }
 
+    /// The OpenAI error body, `{"error":{"message","type","param","code"}}`.
+    pub fn to_json(&self) -> Vec<u8> {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message: Cow::Owned(self.to_string()),
+                kind: self.openai_type(),
+                param: self.param(),
+                code: self.code(),
+            },
+        };
+        serde_json::to_vec(&body).unwrap_or_else(|_| FALLBACK_JSON.to_vec())
+    }
+
+    /// The error as the last event of an SSE stream (`data: {...}\n\n`), which the OpenAI
+    /// SDKs raise as an API error.
+    pub fn to_sse_event(&self) -> Bytes {
+        let mut out = b"data: ".to_vec();
+        out.extend_from_slice(&self.to_json());
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+
     /// The HTTP status sent to the client.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -166,7 +203,7 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ModelNotFound { .. } | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnavailable { .. } | Self::UpstreamCut { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ShuttingDown | Self::Starting | Self::UpstreamsSilent => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -189,6 +226,7 @@ impl GatewayError {
             | Self::RouteNotFound { .. }
             | Self::MethodNotAllowed { .. } => "invalid_request_error",
             Self::UpstreamUnavailable { .. }
+            | Self::UpstreamCut { .. }
             | Self::UpstreamTimeout { .. }
             | Self::ShuttingDown
             | Self::Starting
@@ -210,7 +248,7 @@ impl GatewayError {
             Self::ModelNotFound { .. } => "model_not_found",
             Self::RouteNotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
-            Self::UpstreamUnavailable { .. } => "upstream_unavailable",
+            Self::UpstreamUnavailable { .. } | Self::UpstreamCut { .. } => "upstream_unavailable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::ShuttingDown => "shutting_down",
             Self::Starting => "starting",
@@ -232,6 +270,7 @@ impl GatewayError {
             | Self::RouteNotFound { .. }
             | Self::MethodNotAllowed { .. }
             | Self::UpstreamUnavailable { .. }
+            | Self::UpstreamCut { .. }
             | Self::UpstreamTimeout { .. }
             | Self::ShuttingDown
             | Self::Starting
@@ -253,7 +292,9 @@ impl GatewayError {
             | Self::ModelNotFound { .. }
             | Self::RouteNotFound { .. }
             | Self::MethodNotAllowed { .. } => Fault::Client,
-            Self::UpstreamUnavailable { .. } | Self::UpstreamTimeout { .. } => Fault::Upstream,
+            Self::UpstreamUnavailable { .. }
+            | Self::UpstreamCut { .. }
+            | Self::UpstreamTimeout { .. } => Fault::Upstream,
             Self::UpstreamsSilent => Fault::Upstream,
             Self::ShuttingDown | Self::Starting | Self::Internal(_) => Fault::Gateway,
         }

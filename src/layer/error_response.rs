@@ -2,7 +2,6 @@
 //! `{"error":{"message","type","param","code"}}` with the error's status, plus `allow` on 405.
 //! Everything below returns `Result<_, GatewayError>`; everything above sees only responses.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -12,7 +11,6 @@ use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
-use crate::openai::{ErrorBody, ErrorDetail};
 
 /// Adds [`ErrorResponse`] to a stack.
 #[derive(Debug, Clone, Copy, Default)]
@@ -81,15 +79,7 @@ pub fn into_response(err: &GatewayError) -> Response<ResponseBody> {
         tracing::Level::INFO => tracing::info!(code = err.code(), "{err}"),
         _ => tracing::debug!(code = err.code(), "{err}"),
     }
-    let body = ErrorBody {
-        error: ErrorDetail {
-            message: Cow::Owned(err.to_string()),
-            kind: err.openai_type(),
-            param: err.param(),
-            code: err.code(),
-        },
-    };
-    let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":{\"message\":\"internal error\",\"type\":\"server_error\",\"param\":null,\"code\":\"internal_error\"}}".to_vec());
+    let json = err.to_json();
     let mut res = Response::new(ResponseBody::full(json));
     *res.status_mut() = err.status();
     res.headers_mut().insert(

@@ -1,21 +1,32 @@
 //! Reads the request body into memory, capped at `server.max_body_bytes`.
 //!
 //! Rejects with 413 `request_too_large` when Content-Length announces more than the cap
-//! (before reading a byte) or when the bytes received pass it (whatever Content-Length said),
+//! (before keeping a byte) or when the bytes received pass it (whatever Content-Length said),
 //! with 400 if the client stops sending mid-body, and with 408 `request_timeout` if the body
-//! takes longer than `server.body_read_timeout_secs` (a slow sender holds memory). It sits first in the chat stack because
-//! every later check needs the body, and nothing unbounded may be read before it.
+//! takes longer than `server.body_read_timeout_secs` (a slow sender holds memory). It sits
+//! first in the chat stack because every later check needs the body, and nothing unbounded
+//! may be read before it.
+//!
+//! Before a 413 it reads and discards up to [`DRAIN_MAX`] more bytes: closing a connection
+//! with unread request bytes makes the kernel send a reset, which can destroy the 413 before
+//! the client reads it. Larger bodies are not drained (the client may then see a reset).
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::Request;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Incoming;
+use http_body::Body;
+use http_body_util::BodyExt;
 
 use super::checkpoint::Checkpoint;
 use crate::context::RequestContext;
 use crate::error::GatewayError;
+
+/// The most bytes read and thrown away to deliver a 413 cleanly.
+pub const DRAIN_MAX: u64 = 1024 * 1024;
+
+/// The longest time spent draining.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// The body-reading checkpoint.
 #[derive(Debug, Clone, Copy)]
@@ -26,9 +37,16 @@ pub struct ReadBody {
     pub timeout: Duration,
 }
 
+/// How a read ended.
+enum Read {
+    Whole(Bytes),
+    TooLarge,
+    Broken,
+}
+
 impl<B> Checkpoint<B> for ReadBody
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Out = Bytes;
@@ -42,29 +60,79 @@ where
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if announced.is_some_and(|len| len > self.max_bytes) {
+        let (parts, mut body) = req.into_parts();
+        if let Some(len) = announced.filter(|&len| len > self.max_bytes) {
+            if len <= self.max_bytes.saturating_add(DRAIN_MAX) {
+                drain(&mut body, len).await;
+            }
             return Err(too_large);
         }
-        let (parts, body) = req.into_parts();
-        let cap = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
-        let read = tokio::time::timeout(self.timeout, Limited::new(body, cap).collect());
-        let Ok(read) = read.await else {
-            return Err(GatewayError::BodyTimeout {
-                after: self.timeout,
-            });
-        };
+        let read =
+            tokio::time::timeout(self.timeout, read(&mut body, self.max_bytes, announced)).await;
         match read {
-            Ok(collected) => {
+            Err(_elapsed) => Err(GatewayError::BodyTimeout {
+                after: self.timeout,
+            }),
+            Ok(Read::TooLarge) => {
+                drain(&mut body, DRAIN_MAX).await;
+                Err(too_large)
+            }
+            Ok(Read::Broken) => Err(GatewayError::BodyRead),
+            Ok(Read::Whole(bytes)) => {
                 if let Some(ctx) = parts.extensions.get::<std::sync::Arc<RequestContext>>() {
                     ctx.mark(&ctx.body_read);
                 }
-                Ok(Request::from_parts(parts, collected.to_bytes()))
+                Ok(Request::from_parts(parts, bytes))
             }
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large),
-            Err(_) => Err(GatewayError::BodyRead),
         }
     }
 }
 
-/// The request body type the chat stack starts from.
-pub type ClientBody = Incoming;
+/// Reads frames until the end or until more than `max` bytes arrived. A body in one frame is
+/// kept as it is; several frames are joined once, into a buffer sized from Content-Length.
+async fn read<B>(body: &mut B, max: u64, announced: Option<u64>) -> Read
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Read::Broken;
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if total > max {
+            return Read::TooLarge;
+        }
+        chunks.push(data);
+    }
+    if chunks.len() <= 1 {
+        return Read::Whole(chunks.pop().unwrap_or_default());
+    }
+    let capacity = usize::try_from(announced.unwrap_or(total).max(total)).unwrap_or(0);
+    let mut joined = BytesMut::with_capacity(capacity);
+    for c in chunks {
+        joined.extend_from_slice(&c);
+    }
+    Read::Whole(joined.freeze())
+}
+
+/// Reads and discards up to `limit` bytes for at most [`DRAIN_TIME`].
+async fn drain<B>(body: &mut B, limit: u64)
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let discard = async {
+        let mut seen: u64 = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen >= limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
+}

@@ -203,3 +203,32 @@ async fn an_event_that_never_ends_is_passed_on_once_it_passes_the_hold_cap() {
         "every byte, once, in order"
     );
 }
+
+#[tokio::test]
+async fn an_event_boundary_spread_over_one_byte_frames_is_still_found() {
+    let go = Arc::new(Notify::new());
+    let event = "data: {\"n\":1}\r\n\r\n";
+    let mut steps: Vec<Step> = event
+        .bytes()
+        .map(|b| Step::Data(Bytes::from(vec![b])))
+        .collect();
+    steps.push(Step::WaitFor(go.clone()));
+    steps.push(sse_event("[DONE]"));
+    let up = StandIn::always(Script::sse(steps)).await;
+    let gw = Gateway::to(up.addr).await;
+    let res = send(gw.addr, post("/v1/chat/completions", STREAM_REQ, &[])).await;
+    let mut body = res.into_body();
+    // The whole event reaches the client while the upstream still holds the next one back.
+    let mut got = Vec::new();
+    while got.len() < event.len() {
+        got.extend_from_slice(
+            &next_data(&mut body)
+                .await
+                .expect("the event, before [DONE]"),
+        );
+    }
+    assert_eq!(got, event.as_bytes());
+    go.notify_one();
+    let rest = body.collect().await.expect("rest").to_bytes();
+    assert_eq!(rest, Bytes::from_static(b"data: [DONE]\n\n"));
+}
