@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Instructions the gateway executes per proxied request, counted by callgrind: repeatable
+# for the same binary and inputs whatever else the machine is doing, unlike req/s here.
+# The gateway runs under valgrind in front of the stand-in upstream (loopback only); after a
+# warm-up the counters are reset, exactly 2 x N_PER_THREAD requests are sent at c=32, and
+# the total is divided by that number.
+# Usage: bash benches/load/instructions.sh [BIN]   (default: target/release/vision-gateway)
+# Needs valgrind (Debian package `valgrind`) and wrk (benches/load/run.sh installs it).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+BIN=${1:-$HERE/../../target/release/vision-gateway}
+N_PER_THREAD=${N_PER_THREAD:-3000}
+PY=${PYTHON:-python3}
+for tool in valgrind callgrind_control wrk; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind wrk)"; exit 1; }
+done
+WORK=$(mktemp -d /tmp/vg-instr.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT INT TERM
+
+read -r MOCK_PORT GW_PORT < <("$PY" "$HERE/util.py" free-ports 2)
+RUST_LOG=warn "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
+PIDS+=($!)
+printf '[[upstreams]]\nname = "mock"\nbase_url = "http://127.0.0.1:%s/v1"\n[[models]]\nid = "*"\nupstream = "mock"\n' "$MOCK_PORT" >"$WORK/gw.toml"
+RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
+  "$BIN" --config "$WORK/gw.toml" --listen "127.0.0.1:$GW_PORT" >"$WORK/gw.log" 2>&1 &
+GW_PID=$!
+PIDS+=("$GW_PID")
+"$PY" "$HERE/util.py" wait-http "http://127.0.0.1:$GW_PORT/healthz" 60 "$GW_PID" || { cat "$WORK/gw.log"; exit 1; }
+
+URL=http://127.0.0.1:$GW_PORT/v1/chat/completions
+export POST_LUA=$HERE/post.lua
+N_PER_THREAD=500 wrk -t2 -c32 -d30s -s "$HERE/fixed.lua" "$URL" >/dev/null
+callgrind_control -z "$GW_PID" >/dev/null 2>&1
+out=$(N_PER_THREAD=$N_PER_THREAD wrk -t2 -c32 -d120s -s "$HERE/fixed.lua" "$URL")
+callgrind_control -d "$GW_PID" >/dev/null 2>&1
+if grep -q Non-2xx <<<"$out"; then echo "errors during the run:"; echo "$out"; exit 1; fi
+requests=$(awk '/requests in/ {print $1}' <<<"$out")
+# The dump after the reset holds exactly the measured requests.
+total=$(awk '/^(summary|totals):/ {print $2; exit}' "$WORK"/cg.out.* 2>/dev/null || true)
+[ -n "$total" ] || { echo "no callgrind dump found"; ls "$WORK"; exit 1; }
+awk -v t="$total" -v r="$requests" 'BEGIN {printf "%d requests, %d instructions, %.0f instructions per request\n", r, t, t / r}'
