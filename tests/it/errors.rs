@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::support::*;
 
 #[tokio::test]
@@ -91,21 +89,12 @@ async fn bodies_over_the_limit_are_413_by_length_or_by_count() {
     assert!(e["message"].as_str().is_some_and(|m| m.contains("1024")));
 
     // Chunked, no Content-Length: the cap is enforced on the bytes that arrive.
-    let mut s = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
     let chunk = "b".repeat(600);
     let req = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n{len:x}\r\n{chunk}\r\n{len:x}\r\n{chunk}\r\n0\r\n\r\n",
         len = chunk.len()
     );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(EVENT_TIMEOUT, s.read(&mut buf))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    let head = String::from_utf8_lossy(&buf[..n]);
+    let head = raw_exchange(gw.addr, req.as_bytes()).await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert!(head.contains("request_too_large"), "{head}");
     assert!(up.try_request().is_none());
@@ -182,18 +171,11 @@ async fn a_body_that_arrives_too_slowly_is_408() {
     let toml =
         config_for(up.addr, "", "").replace("[server]\n", "[server]\nbody_read_timeout_secs = 1\n");
     let gw = Gateway::from_toml(&toml).await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
-    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
-        .await
-        .expect("write");
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(EVENT_TIMEOUT, s.read(&mut buf))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    let head = String::from_utf8_lossy(&buf[..n]);
+    let head = raw_exchange(
+        gw.addr,
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{",
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     assert!(head.contains("request_timeout"), "{head}");
     assert!(up.try_request().is_none());

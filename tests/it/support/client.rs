@@ -114,3 +114,18 @@ pub async fn next_data(body: &mut Incoming) -> Option<Bytes> {
 /// A minimal valid chat request.
 pub const CHAT: &str =
     r#"{"model":"pixtral-12b-2409","messages":[{"role":"user","content":"hi"}]}"#;
+
+/// Writes raw bytes on a fresh connection and returns the first bytes of the answer as text,
+/// for requests a well-behaved client library would not send (chunked past a limit, a body
+/// that stalls).
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(super::EVENT_TIMEOUT, s.read(&mut buf))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
