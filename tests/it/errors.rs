@@ -197,3 +197,26 @@ async fn an_unknown_model_is_echoed_bounded_and_on_one_line() {
     assert!(message.len() < 600, "{}", message.len());
     assert!(!message.contains('\n'));
 }
+
+#[tokio::test]
+async fn an_https_upstream_that_does_not_speak_tls_is_502_connect() {
+    // The https:// path (hyper-util + rustls) end to end: a plain-HTTP stand-in fails the
+    // TLS handshake, which must be a connect failure, not a hang or a 500.
+    let mut up = StandIn::always(Script::json("{}")).await;
+    let toml = config_for(up.addr, "", "").replace("base_url = \"http://", "base_url = \"https://");
+    let gw = Gateway::from_toml(&toml).await;
+    let a = call(gw.addr, post("/v1/chat/completions", CHAT, &[])).await;
+    a.expect_error(502, "upstream_unavailable");
+    assert!(
+        up.try_request().is_none(),
+        "no HTTP request reached the upstream"
+    );
+    let m = get(gw.addr, "/metrics").await;
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(
+        text.contains(
+            r#"vision_gateway_upstream_errors_total{upstream="standin",kind="connect"} 1"#
+        ),
+        "{text}"
+    );
+}
