@@ -43,16 +43,7 @@ async fn shutdown_stops_accepting_and_drains_a_live_stream() {
     ]))
     .await;
     let mut gw = Gateway::to(up.addr).await;
-    let res = send(
-        gw.addr,
-        post(
-            "/v1/chat/completions",
-            r#"{"model":"m","stream":true,"messages":[{}]}"#,
-            &[],
-        ),
-    )
-    .await;
-    let mut body = res.into_body();
+    let mut body = open_stream(gw.addr).await;
     next_data(&mut body).await.expect("first chunk");
 
     gw.begin_shutdown();
@@ -81,16 +72,7 @@ async fn a_stream_outliving_the_grace_period_is_cut_and_reported() {
     let toml =
         config_for(up.addr, "", "").replace("shutdown_grace_secs = 5", "shutdown_grace_secs = 1");
     let mut gw = Gateway::from_toml(&toml).await;
-    let res = send(
-        gw.addr,
-        post(
-            "/v1/chat/completions",
-            r#"{"model":"m","stream":true,"messages":[{}]}"#,
-            &[],
-        ),
-    )
-    .await;
-    let mut body = res.into_body();
+    let mut body = open_stream(gw.addr).await;
     next_data(&mut body).await.expect("first chunk");
     gw.begin_shutdown();
     assert_eq!(gw.finished().await, Drained::GraceExpired);

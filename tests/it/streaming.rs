@@ -9,9 +9,6 @@ use tokio::sync::Notify;
 
 use crate::support::*;
 
-const STREAM_REQ: &str =
-    r#"{"model":"pixtral-12b-2409","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-
 #[tokio::test]
 async fn sse_chunks_reach_the_client_as_the_upstream_sends_them() {
     let go = Arc::new(Notify::new());
@@ -41,9 +38,8 @@ async fn sse_chunks_reach_the_client_as_the_upstream_sends_them() {
 async fn an_upstream_cut_mid_stream_ends_with_an_error_event_and_a_clean_end() {
     let up = StandIn::always(Script::sse(vec![sse_event(r#"{"choices":[]}"#), Step::Cut])).await;
     let gw = Gateway::to(up.addr).await;
-    let res = send(gw.addr, post("/v1/chat/completions", STREAM_REQ, &[])).await;
-    let all = res
-        .into_body()
+    let all = open_stream(gw.addr)
+        .await
         .collect()
         .await
         .expect("a clean end, not a broken body")
@@ -85,8 +81,7 @@ async fn a_client_disconnect_closes_the_upstream_connection() {
     }
     let mut up = StandIn::always(Script::sse(steps)).await;
     let gw = Gateway::to(up.addr).await;
-    let res = send(gw.addr, post("/v1/chat/completions", STREAM_REQ, &[])).await;
-    let mut body = res.into_body();
+    let mut body = open_stream(gw.addr).await;
     next_data(&mut body).await.expect("first chunk");
     drop(body);
     up.connection_closed().await;
@@ -108,8 +103,12 @@ async fn sixty_four_concurrent_streams_all_complete() {
     let tasks: Vec<_> = (0..64)
         .map(|_| {
             tokio::spawn(async move {
-                let res = send(addr, post("/v1/chat/completions", STREAM_REQ, &[])).await;
-                res.into_body().collect().await.expect("stream").to_bytes()
+                open_stream(addr)
+                    .await
+                    .collect()
+                    .await
+                    .expect("stream")
+                    .to_bytes()
             })
         })
         .collect();
@@ -129,9 +128,8 @@ async fn a_cut_inside_an_event_drops_the_half_event_before_the_error_event() {
     ]))
     .await;
     let gw = Gateway::to(up.addr).await;
-    let res = send(gw.addr, post("/v1/chat/completions", STREAM_REQ, &[])).await;
-    let all = res
-        .into_body()
+    let all = open_stream(gw.addr)
+        .await
         .collect()
         .await
         .expect("clean end")
@@ -158,8 +156,7 @@ async fn an_event_split_across_frames_arrives_whole_and_unchanged() {
     ]))
     .await;
     let gw = Gateway::to(up.addr).await;
-    let res = send(gw.addr, post("/v1/chat/completions", STREAM_REQ, &[])).await;
-    let mut body = res.into_body();
+    let mut body = open_stream(gw.addr).await;
     // The complete first event is not held back while the second is unfinished.
     assert_eq!(
         next_data(&mut body).await.expect("first"),
@@ -185,8 +182,7 @@ async fn an_event_that_never_ends_is_passed_on_once_it_passes_the_hold_cap() {
     steps.push(Step::Data(Bytes::from_static(b"\n")));
     let up = StandIn::always(Script::sse(steps)).await;
     let gw = Gateway::to(up.addr).await;
-    let res = send(gw.addr, post("/v1/chat/completions", STREAM_REQ, &[])).await;
-    let mut body = res.into_body();
+    let mut body = open_stream(gw.addr).await;
     // Bytes arrive while the upstream is still holding its event open: nothing waits unbounded.
     let mut got = 0;
     while got < vision_gateway::body::MAX_HELD {
@@ -216,8 +212,7 @@ async fn an_event_boundary_spread_over_one_byte_frames_is_still_found() {
     steps.push(sse_event("[DONE]"));
     let up = StandIn::always(Script::sse(steps)).await;
     let gw = Gateway::to(up.addr).await;
-    let res = send(gw.addr, post("/v1/chat/completions", STREAM_REQ, &[])).await;
-    let mut body = res.into_body();
+    let mut body = open_stream(gw.addr).await;
     // The whole event reaches the client while the upstream still holds the next one back.
     let mut got = Vec::new();
     while got.len() < event.len() {

@@ -111,6 +111,17 @@ pub async fn next_data(body: &mut Incoming) -> Option<Bytes> {
     }
 }
 
+/// A minimal streaming chat request.
+pub const STREAM_REQ: &str =
+    r#"{"model":"pixtral-12b-2409","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+
+/// Sends [`STREAM_REQ`], checks the 200, and returns the unread response body.
+pub async fn open_stream(addr: SocketAddr) -> Incoming {
+    let res = send(addr, post("/v1/chat/completions", STREAM_REQ, &[])).await;
+    assert_eq!(res.status(), 200);
+    res.into_body()
+}
+
 /// A minimal valid chat request.
 pub const CHAT: &str =
     r#"{"model":"pixtral-12b-2409","messages":[{"role":"user","content":"hi"}]}"#;
