@@ -54,6 +54,66 @@ pub struct RawConfig {
     /// Which model ids are served and by which upstream.
     #[serde(default)]
     pub models: Vec<RawModel>,
+    /// Image fetching, decoding limits and the processed-image cache.
+    #[serde(default)]
+    pub images: RawImages,
+}
+
+/// `[images]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawImages {
+    /// Total time allowed for fetching one image URL, redirects included.
+    #[serde(default = "default_fetch_timeout_ms")]
+    pub fetch_timeout_ms: u64,
+    /// TCP connect timeout for image fetches.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Largest image body fetched, counted while streaming.
+    #[serde(default = "default_max_fetch_bytes")]
+    pub max_fetch_bytes: u64,
+    /// Redirects followed per image URL.
+    #[serde(default = "default_max_redirects")]
+    pub max_redirects: u32,
+    /// Images with more pixels (read from the header) are refused before decoding.
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+    /// Let image URLs reach non-public addresses (trusted set-ups only).
+    #[serde(default)]
+    pub allow_private_networks: bool,
+    /// "host" or "host:port" entries allowed to resolve to non-public addresses.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    /// "auto" (JPEG, PNG with transparency) | "jpeg" | "png".
+    #[serde(default = "default_output_format")]
+    pub output_format: String,
+    /// JPEG quality of re-encoded images, 1..=100.
+    #[serde(default = "default_jpeg_quality")]
+    pub jpeg_quality: u8,
+    /// Image fetches in flight at once, across all requests.
+    #[serde(default = "default_max_concurrent_fetches")]
+    pub max_concurrent_fetches: u32,
+    /// Bytes of processed images kept for conversations that resend them; 0 turns it off.
+    #[serde(default = "default_cache_max_bytes")]
+    pub cache_max_bytes: u64,
+}
+
+impl Default for RawImages {
+    fn default() -> Self {
+        Self {
+            fetch_timeout_ms: default_fetch_timeout_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            max_fetch_bytes: default_max_fetch_bytes(),
+            max_redirects: default_max_redirects(),
+            max_pixels: default_max_pixels(),
+            allow_private_networks: false,
+            allow_hosts: Vec::new(),
+            output_format: default_output_format(),
+            jpeg_quality: default_jpeg_quality(),
+            max_concurrent_fetches: default_max_concurrent_fetches(),
+            cache_max_bytes: default_cache_max_bytes(),
+        }
+    }
 }
 
 /// `[server]`.
@@ -149,6 +209,30 @@ pub struct RawModel {
     pub tokens_per_image: u32,
 }
 
+fn default_fetch_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_fetch_bytes() -> u64 {
+    20 * 1024 * 1024
+}
+fn default_max_redirects() -> u32 {
+    3
+}
+fn default_max_pixels() -> u64 {
+    50_000_000
+}
+fn default_output_format() -> String {
+    "auto".to_owned()
+}
+fn default_jpeg_quality() -> u8 {
+    85
+}
+fn default_max_concurrent_fetches() -> u32 {
+    64
+}
+fn default_cache_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
 fn default_body_read_timeout_secs() -> u64 {
     30
 }
@@ -246,6 +330,43 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub models: Vec<ModelConfig>,
+    pub images: ImagesConfig,
+}
+
+/// The format re-encoded images are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// JPEG, or PNG when the image has real transparency.
+    Auto,
+    Jpeg,
+    Png,
+}
+
+/// A host image URLs may reach even when it resolves to a non-public address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHost {
+    /// Lower-case host name or IP literal as the URL parser prints it (IPv6 in brackets).
+    pub host: String,
+    /// `None`: any port.
+    pub port: Option<u16>,
+}
+
+/// Validated `[images]`.
+#[derive(Debug, Clone)]
+pub struct ImagesConfig {
+    pub fetch_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_fetch_bytes: NonZeroU64,
+    pub max_redirects: u32,
+    pub max_pixels: NonZeroU64,
+    pub allow_private_networks: bool,
+    pub allow_hosts: Vec<AllowedHost>,
+    pub output_format: OutputFormat,
+    /// 1..=100.
+    pub jpeg_quality: u8,
+    pub max_concurrent_fetches: NonZeroU32,
+    /// 0: no cache.
+    pub cache_max_bytes: u64,
 }
 
 /// Validated `[server]`.
@@ -362,6 +483,7 @@ impl Config {
             server,
             upstreams,
             models,
+            images: validate_images(&raw.images)?,
         })
     }
 
@@ -401,6 +523,7 @@ impl RawConfig {
                 first_byte_timeout_ms: default_first_byte_timeout_ms(),
             }],
             models: vec![model("pixtral-12b-2409", Some(128_000)), model("*", None)],
+            images: RawImages::default(),
         }
     }
 }
@@ -525,6 +648,67 @@ fn positive_ms(ms: u64, key: impl FnOnce() -> String) -> Result<Duration, Config
         return Err(invalid(key(), "must be greater than 0"));
     }
     Ok(Duration::from_millis(ms))
+}
+
+fn validate_images(raw: &RawImages) -> Result<ImagesConfig, ConfigError> {
+    let key = |field: &str| format!("images.{field}");
+    let output_format = match raw.output_format.as_str() {
+        "auto" => OutputFormat::Auto,
+        "jpeg" => OutputFormat::Jpeg,
+        "png" => OutputFormat::Png,
+        other => {
+            return Err(invalid(
+                key("output_format"),
+                format!("`{other}` is not one of \"auto\", \"jpeg\", \"png\""),
+            ));
+        }
+    };
+    if !(1..=100).contains(&raw.jpeg_quality) {
+        return Err(invalid(key("jpeg_quality"), "must be between 1 and 100"));
+    }
+    let allow_hosts = raw
+        .allow_hosts
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| parse_allowed_host(entry).ok_or_else(|| {
+            invalid(
+                format!("images.allow_hosts[{i}]"),
+                format!("`{entry}` is not a \"host\" or \"host:port\" entry"),
+            )
+        }))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ImagesConfig {
+        fetch_timeout: positive_ms(raw.fetch_timeout_ms, || key("fetch_timeout_ms"))?,
+        connect_timeout: positive_ms(raw.connect_timeout_ms, || key("connect_timeout_ms"))?,
+        max_fetch_bytes: NonZeroU64::new(raw.max_fetch_bytes)
+            .ok_or_else(|| invalid(key("max_fetch_bytes"), "must be greater than 0"))?,
+        max_redirects: raw.max_redirects,
+        max_pixels: NonZeroU64::new(raw.max_pixels)
+            .ok_or_else(|| invalid(key("max_pixels"), "must be greater than 0"))?,
+        allow_private_networks: raw.allow_private_networks,
+        allow_hosts,
+        output_format,
+        jpeg_quality: raw.jpeg_quality,
+        max_concurrent_fetches: NonZeroU32::new(raw.max_concurrent_fetches)
+            .ok_or_else(|| invalid(key("max_concurrent_fetches"), "must be greater than 0"))?,
+        cache_max_bytes: raw.cache_max_bytes,
+    })
+}
+
+/// Parses an `allow_hosts` entry with the same URL parser that parses image URLs, so an
+/// entry and a URL naming the same host compare equal (`127.1` is `127.0.0.1`, case folded).
+fn parse_allowed_host(entry: &str) -> Option<AllowedHost> {
+    if entry.is_empty() || entry.contains(['/', '@', '?', '#']) {
+        return None;
+    }
+    let url = url::Url::parse(&format!("http://{entry}/")).ok()?;
+    let host = url.host_str()?.to_owned();
+    // `Url::port` hides the scheme's default port; an explicit `:80` must still count.
+    let explicit_port = entry.rsplit_once(':').is_some_and(|(h, p)| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':')
+    });
+    let port = if explicit_port { url.port_or_known_default() } else { None };
+    Some(AllowedHost { host, port })
 }
 
 fn validate_model(

@@ -12,6 +12,7 @@ pub mod context;
 pub mod error;
 pub mod headers;
 pub mod health;
+pub mod images;
 pub mod layer;
 pub mod metrics;
 pub mod mock;
