@@ -14,6 +14,7 @@ pub mod headers;
 pub mod health;
 pub mod images;
 pub mod layer;
+pub mod messages;
 pub mod metrics;
 pub mod mock;
 pub mod models;
@@ -21,6 +22,7 @@ pub mod openai;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
+pub mod tokens;
 pub mod upstream;
 
 use std::future::Future;

@@ -1,0 +1,225 @@
+//! Walks a request's `messages` once: where each `image_url` part's URL sits in the body (so
+//! it can be replaced by a byte-range edit) and how much text there is (for the token
+//! estimate). Nothing is copied or re-serialised: parts are borrowed `RawValue`s.
+//!
+//! Accepted shapes, as the OpenAI API and vLLM take them: `content` is a string, an array of
+//! parts, or null/absent (assistant tool calls); a part is `{"type":"text","text":..}`,
+//! `{"type":"image_url","image_url":{"url":..,"detail":..}}` (a bare string `image_url` is
+//! tolerated), or any other typed part, which is forwarded untouched.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::chat::span_in;
+use crate::error::GatewayError;
+use crate::tokens::TextCounter;
+
+/// One `image_url` part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// Where the URL's JSON string (quotes included) sits in the body.
+    pub url_span: Range<usize>,
+}
+
+/// What the messages hold.
+#[derive(Debug, Clone, Default)]
+pub struct MessageScan {
+    /// Every `image_url` part, in request order (the index used in error messages).
+    pub images: Vec<ImageRef>,
+    /// Estimated tokens of all text, roles and per-message framing.
+    pub text_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct MessageView<'a> {
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct PartView<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    image_url: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ImageUrlView<'a> {
+    #[serde(borrow)]
+    url: &'a RawValue,
+}
+
+fn shape(expected: &'static str) -> GatewayError {
+    GatewayError::InvalidField {
+        field: "messages",
+        expected,
+    }
+}
+
+/// Scans the `messages` array found at `span` of `body`.
+pub fn scan(body: &[u8], span: Range<usize>) -> Result<MessageScan, GatewayError> {
+    let text = body
+        .get(span)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .ok_or(GatewayError::Internal("messages span outside the body"))?;
+    let list: Vec<&RawValue> =
+        serde_json::from_str(text).map_err(|_| shape("must be an array of messages"))?;
+    let mut out = MessageScan::default();
+    let mut counter = TextCounter::default();
+    for message in list {
+        let m: MessageView<'_> = serde_json::from_str(message.get())
+            .map_err(|_| shape("must be an array of message objects with a `role`"))?;
+        counter.message();
+        if let Some(role) = &m.role {
+            counter.add(role);
+        }
+        if let Some(name) = &m.name {
+            counter.add(name);
+        }
+        let Some(content) = m.content else { continue };
+        match content.get().as_bytes().first() {
+            Some(b'"') => {
+                let s: Cow<'_, str> = serde_json::from_str(content.get())
+                    .map_err(|_| shape("has a message whose `content` is not a valid string"))?;
+                counter.add(&s);
+            }
+            Some(b'[') => {
+                let parts: Vec<&RawValue> = serde_json::from_str(content.get())
+                    .map_err(|_| shape("has a message whose `content` is not an array"))?;
+                for part in parts {
+                    scan_part(body, part, &mut out, &mut counter)?;
+                }
+            }
+            Some(b'n') => {}
+            _ => {
+                return Err(shape(
+                    "has a message whose `content` is neither a string nor an array of parts",
+                ));
+            }
+        }
+    }
+    out.text_tokens = counter.total();
+    Ok(out)
+}
+
+fn scan_part(
+    body: &[u8],
+    part: &RawValue,
+    out: &mut MessageScan,
+    counter: &mut TextCounter,
+) -> Result<(), GatewayError> {
+    let p: PartView<'_> = serde_json::from_str(part.get())
+        .map_err(|_| shape("has a content part that is not an object with a string `type`"))?;
+    match p.kind.as_ref() {
+        "text" => {
+            let text = p
+                .text
+                .ok_or_else(|| shape("has a `text` part without a `text` string"))?;
+            counter.add(&text);
+        }
+        "image_url" => {
+            let value = p
+                .image_url
+                .ok_or_else(|| shape("has an `image_url` part without `image_url`"))?;
+            let url = if value.get().starts_with('"') {
+                value
+            } else {
+                let view: ImageUrlView<'_> = serde_json::from_str(value.get())
+                    .map_err(|_| shape("has an `image_url` part without an `image_url.url`"))?;
+                view.url
+            };
+            if !url.get().starts_with('"') {
+                return Err(shape("has an `image_url.url` that is not a string"));
+            }
+            let url_span =
+                span_in(body, url).ok_or(GatewayError::Internal("image URL outside the body"))?;
+            out.images.push(ImageRef { url_span });
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The URL of an image part as text (JSON escapes decoded; borrowed when there are none).
+pub fn image_url<'a>(body: &'a [u8], image: &ImageRef) -> Result<Cow<'a, str>, GatewayError> {
+    let raw = body
+        .get(image.url_span.clone())
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .ok_or(GatewayError::Internal("image URL span outside the body"))?;
+    serde_json::from_str(raw).map_err(|_| GatewayError::Internal("image URL is not a string"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_str(messages: &str) -> Result<MessageScan, GatewayError> {
+        scan(messages.as_bytes(), 0..messages.len())
+    }
+
+    #[test]
+    fn finds_image_urls_across_messages_with_exact_spans() {
+        let m = r#"[
+            {"role":"system","content":"be brief"},
+            {"role":"user","content":[
+                {"type":"text","text":"what is this?"},
+                {"type":"image_url","image_url":{"detail":"high","url":"https://a/x.png"}}
+            ]},
+            {"role":"assistant","content":null,"tool_calls":[]},
+            {"role":"user","content":[{"type":"image_url","image_url":"data:image/png;base64,AA=="},
+                {"type":"input_audio","input_audio":{}}]}
+        ]"#;
+        let s = scan_str(m).map_err(|e| e.to_string());
+        let Ok(s) = s else { panic!("{s:?}") };
+        assert_eq!(s.images.len(), 2);
+        assert_eq!(&m[s.images[0].url_span.clone()], r#""https://a/x.png""#);
+        assert_eq!(
+            &m[s.images[1].url_span.clone()],
+            r#""data:image/png;base64,AA==""#
+        );
+        assert_eq!(
+            image_url(m.as_bytes(), &s.images[0]).ok().as_deref(),
+            Some("https://a/x.png")
+        );
+        assert!(s.text_tokens > 0);
+    }
+
+    #[test]
+    fn escaped_urls_are_decoded() {
+        let m = r#"[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https:\/\/a\/b"}}]}]"#;
+        let s = scan_str(m).map_err(|e| e.to_string());
+        let Ok(s) = s else { panic!("{s:?}") };
+        assert_eq!(
+            image_url(m.as_bytes(), &s.images[0]).ok().as_deref(),
+            Some("https://a/b")
+        );
+    }
+
+    #[test]
+    fn malformed_parts_are_refused_with_param_messages() {
+        for m in [
+            r#"[3]"#,
+            r#"[{"role":"user","content":5}]"#,
+            r#"[{"role":"user","content":[{"text":"no type"}]}]"#,
+            r#"[{"role":"user","content":[{"type":"text"}]}]"#,
+            r#"[{"role":"user","content":[{"type":"image_url"}]}]"#,
+            r#"[{"role":"user","content":[{"type":"image_url","image_url":{}}]}]"#,
+            r#"[{"role":"user","content":[{"type":"image_url","image_url":{"url":7}}]}]"#,
+        ] {
+            match scan_str(m) {
+                Ok(s) => panic!("{m} should be refused, got {s:?}"),
+                Err(e) => assert_eq!(e.param(), Some("messages"), "{m}: {e}"),
+            }
+        }
+    }
+}
