@@ -7,3 +7,4 @@
 //! - `transform`: decode (with JPEG DCT scaling), orient, resize, encode; CPU work only.
 
 pub mod sniff;
+pub mod transform;
