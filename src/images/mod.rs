@@ -8,3 +8,4 @@
 
 pub mod data_uri;
 pub mod sniff;
+pub mod transform;
