@@ -670,12 +670,14 @@ fn validate_images(raw: &RawImages) -> Result<ImagesConfig, ConfigError> {
         .allow_hosts
         .iter()
         .enumerate()
-        .map(|(i, entry)| parse_allowed_host(entry).ok_or_else(|| {
-            invalid(
-                format!("images.allow_hosts[{i}]"),
-                format!("`{entry}` is not a \"host\" or \"host:port\" entry"),
-            )
-        }))
+        .map(|(i, entry)| {
+            parse_allowed_host(entry).ok_or_else(|| {
+                invalid(
+                    format!("images.allow_hosts[{i}]"),
+                    format!("`{entry}` is not a \"host\" or \"host:port\" entry"),
+                )
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ImagesConfig {
         fetch_timeout: positive_ms(raw.fetch_timeout_ms, || key("fetch_timeout_ms"))?,
@@ -707,7 +709,11 @@ fn parse_allowed_host(entry: &str) -> Option<AllowedHost> {
     let explicit_port = entry.rsplit_once(':').is_some_and(|(h, p)| {
         !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':')
     });
-    let port = if explicit_port { url.port_or_known_default() } else { None };
+    let port = if explicit_port {
+        url.port_or_known_default()
+    } else {
+        None
+    };
     Some(AllowedHost { host, port })
 }
 
