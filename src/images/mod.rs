@@ -6,4 +6,5 @@
 //! - `fetch`: the fetcher for `http(s)` image URLs (vetted addresses only, redirects by hand).
 //! - `transform`: decode (with JPEG DCT scaling), orient, resize, encode; CPU work only.
 
+pub mod addr;
 pub mod sniff;
