@@ -7,4 +7,5 @@
 //! - `transform`: decode (with JPEG DCT scaling), orient, resize, encode; CPU work only.
 
 pub mod addr;
+pub mod fetch;
 pub mod sniff;
