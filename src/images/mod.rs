@@ -7,5 +7,7 @@
 //! - `transform`: decode (with JPEG DCT scaling), orient, resize, encode; CPU work only.
 
 pub mod data_uri;
+pub mod addr;
+pub mod fetch;
 pub mod sniff;
 pub mod transform;
