@@ -11,10 +11,15 @@ use tower::{ServiceBuilder, ServiceExt};
 use crate::body::ResponseBody;
 use crate::config::{Config, MetricsExport};
 use crate::health::Readiness;
+use crate::images::pipeline::ImagePipeline;
+use crate::inspect::Inspect;
 use crate::layer::checkpoint::CheckpointLayer;
+use crate::layer::context_budget::ContextBudget;
+use crate::layer::count_images::CountImages;
 use crate::layer::error_response::{ErrorResponse, ErrorResponseLayer};
 use crate::layer::head::{Head, HeadLayer};
 use crate::layer::parse_chat::ParseChat;
+use crate::layer::prepare_images::PrepareImages;
 use crate::layer::read_body::ReadBody;
 use crate::layer::request_id::{RequestId, RequestIdLayer};
 use crate::layer::resolve_model::ResolveModel;
@@ -49,6 +54,7 @@ pub fn build(config: &Config) -> Result<App, UpstreamBuildError> {
         MetricsExport::Main | MetricsExport::Separate(_) => Some(Arc::new(Metrics::new())),
     };
 
+    let images = Arc::new(ImagePipeline::new(&config.images));
     let chat = ServiceBuilder::new()
         // 6. Bounded body read: nothing unbounded is read before this.
         .layer(CheckpointLayer(ReadBody {
@@ -61,12 +67,36 @@ pub fn build(config: &Config) -> Result<App, UpstreamBuildError> {
         .layer(CheckpointLayer(ResolveModel {
             models: models.clone(),
         }))
-        // 9. Upstream.
+        // 9. Image count, before any image work.
+        .layer(CheckpointLayer(CountImages))
+        // 10. Fetch, check and downscale images; inline them.
+        .layer(CheckpointLayer(PrepareImages {
+            pipeline: images.clone(),
+        }))
+        // 11. Context budget, on the final image sizes.
+        .layer(CheckpointLayer(ContextBudget))
+        // 12. Upstream.
         .service(Forward);
     let chat: BoxCloneService<Request<Incoming>, Response<ResponseBody>, _> = chat.boxed_clone();
 
+    let inspect = ServiceBuilder::new()
+        .layer(CheckpointLayer(ReadBody {
+            max_bytes: config.server.max_body_bytes.get(),
+            timeout: config.server.body_read_timeout,
+        }))
+        .layer(CheckpointLayer(ParseChat))
+        .layer(CheckpointLayer(ResolveModel {
+            models: models.clone(),
+        }))
+        // The same checks as the chat stack, reported instead of enforced (inspect.rs).
+        .service(Inspect {
+            pipeline: images.clone(),
+        })
+        .boxed_clone();
+
     let router = Router {
         chat,
+        inspect,
         models: models.clone(),
         readiness: readiness.clone(),
         metrics: match config.server.metrics {

@@ -13,8 +13,11 @@ use bytes::{Bytes, BytesMut};
 use serde_json::value::RawValue;
 
 use crate::error::GatewayError;
+use crate::images::pipeline::SentImage;
+use crate::messages::MessageScan;
 use crate::models::ModelRoute;
 use crate::openai::ChatRequestView;
+use crate::tokens::TokenCount;
 
 /// A body that parsed as a chat completion request.
 #[derive(Debug)]
@@ -25,6 +28,11 @@ pub struct ParsedChat {
     pub model: String,
     /// Where the `model` value (including its quotes) sits in `raw`.
     pub model_span: Range<usize>,
+    /// Where the `messages` array sits in `raw`.
+    pub messages_span: Range<usize>,
+    /// `max_completion_tokens`, else `max_tokens`, when a non-negative integer (anything else
+    /// is left for the upstream to refuse).
+    pub max_tokens: Option<u64>,
 }
 
 /// A parsed request whose model resolved to an upstream.
@@ -34,6 +42,29 @@ pub struct ChatRequest {
     pub route: Arc<ModelRoute>,
     /// Byte-range replacements to apply before forwarding, in any order, non-overlapping.
     pub edits: Vec<Edit>,
+}
+
+/// A routed request whose messages were scanned and whose image count is within limits.
+#[derive(Debug)]
+pub struct ScannedChat {
+    pub chat: ChatRequest,
+    pub scan: MessageScan,
+}
+
+/// A request whose images are all inline and within the model's limits; the edits that
+/// put them in the body are planned.
+#[derive(Debug)]
+pub struct VisionChat {
+    pub chat: ChatRequest,
+    pub text_tokens: u64,
+    pub images: Vec<SentImage>,
+}
+
+/// A request that passed every check and may go upstream, with what it costs.
+#[derive(Debug)]
+pub struct ReadyChat {
+    pub chat: ChatRequest,
+    pub tokens: TokenCount,
 }
 
 /// Replace `range` of the original body with `with`.
@@ -93,10 +124,18 @@ impl ParsedChat {
         }
         let model_span = span_in(&raw, model_raw)
             .ok_or(GatewayError::Internal("model value outside the body"))?;
+        let messages_span = span_in(&raw, messages)
+            .ok_or(GatewayError::Internal("messages value outside the body"))?;
+        let max_tokens = [view.max_completion_tokens, view.max_tokens]
+            .into_iter()
+            .flatten()
+            .find_map(|v| v.get().parse::<u64>().ok());
         Ok(Self {
             raw,
             model,
             model_span,
+            messages_span,
+            max_tokens,
         })
     }
 }

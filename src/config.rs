@@ -334,7 +334,7 @@ pub struct Config {
 }
 
 /// The format re-encoded images are written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OutputFormat {
     /// JPEG, or PNG when the image has real transparency.
     Auto,

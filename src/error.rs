@@ -14,7 +14,9 @@ use bytes::Bytes;
 
 use http::StatusCode;
 
+use crate::images::pipeline::ImageFailure;
 use crate::openai::{ErrorBody, ErrorDetail};
+use crate::tokens::{TokenCount, thousands};
 
 /// Served if serialising an error body ever fails (it cannot for these types).
 const FALLBACK_JSON: &[u8] = br#"{"error":{"message":"internal error","type":"server_error","param":null,"code":"internal_error"}}"#;
@@ -86,9 +88,34 @@ pub enum GatewayError {
     )]
     ModelNotFound { model: String },
 
+    /// More `image_url` parts than the model's `max_images`.
+    #[error("messages contain {count} images; {model} accepts at most {max}")]
+    TooManyImages {
+        count: usize,
+        model: String,
+        max: u32,
+    },
+
+    /// An image part could not be used: its URL (`invalid_image_url`) or the image itself
+    /// (`invalid_image`). `number` counts images from 1 in request order.
+    #[error("image {number} ({at}): {failure}")]
+    Image {
+        number: usize,
+        at: String,
+        failure: Arc<ImageFailure>,
+    },
+
+    /// Text, images and the reserved completion do not fit the model's context window.
+    #[error("the request {}; {model} holds {}", count.breakdown(), thousands(u64::from(*window)))]
+    ContextLengthExceeded {
+        count: TokenCount,
+        model: String,
+        window: u32,
+    },
+
     /// The path is not one the gateway serves.
     #[error(
-        "no route for `{path}`; this gateway serves POST /v1/chat/completions, GET /v1/models, GET /healthz and GET /readyz"
+        "no route for `{path}`; this gateway serves POST /v1/chat/completions, POST /gateway/inspect, GET /v1/models, GET /healthz and GET /readyz"
     )]
     RouteNotFound { path: String },
 
@@ -198,7 +225,13 @@ impl GatewayError {
             | Self::BodyShape { .. }
             | Self::MissingField { .. }
             | Self::InvalidField { .. }
-            | Self::BodyRead => StatusCode::BAD_REQUEST,
+            | Self::BodyRead
+            | Self::TooManyImages { .. }
+            | Self::ContextLengthExceeded { .. } => StatusCode::BAD_REQUEST,
+            Self::Image { failure, .. } => match **failure {
+                ImageFailure::Worker => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            },
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ModelNotFound { .. } | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
@@ -222,9 +255,15 @@ impl GatewayError {
             | Self::BodyRead
             | Self::BodyTimeout { .. }
             | Self::BodyTooLarge { .. }
+            | Self::TooManyImages { .. }
+            | Self::ContextLengthExceeded { .. }
             | Self::ModelNotFound { .. }
             | Self::RouteNotFound { .. }
             | Self::MethodNotAllowed { .. } => "invalid_request_error",
+            Self::Image { failure, .. } => match **failure {
+                ImageFailure::Worker => "server_error",
+                _ => "invalid_request_error",
+            },
             Self::UpstreamUnavailable { .. }
             | Self::UpstreamCut { .. }
             | Self::UpstreamTimeout { .. }
@@ -245,6 +284,15 @@ impl GatewayError {
             | Self::BodyRead => "invalid_request",
             Self::BodyTimeout { .. } => "request_timeout",
             Self::BodyTooLarge { .. } => "request_too_large",
+            Self::TooManyImages { .. } => "too_many_images",
+            Self::Image { failure, .. } => {
+                if failure.is_url_problem() {
+                    "invalid_image_url"
+                } else {
+                    "invalid_image"
+                }
+            }
+            Self::ContextLengthExceeded { .. } => "context_length_exceeded",
             Self::ModelNotFound { .. } => "model_not_found",
             Self::RouteNotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -262,6 +310,9 @@ impl GatewayError {
         match self {
             Self::MissingField { field } | Self::InvalidField { field, .. } => Some(field),
             Self::ModelNotFound { .. } => Some("model"),
+            Self::TooManyImages { .. }
+            | Self::Image { .. }
+            | Self::ContextLengthExceeded { .. } => Some("messages"),
             Self::BodyNotJson { .. }
             | Self::BodyShape { .. }
             | Self::BodyRead
@@ -289,9 +340,15 @@ impl GatewayError {
             | Self::BodyRead
             | Self::BodyTimeout { .. }
             | Self::BodyTooLarge { .. }
+            | Self::TooManyImages { .. }
+            | Self::ContextLengthExceeded { .. }
             | Self::ModelNotFound { .. }
             | Self::RouteNotFound { .. }
             | Self::MethodNotAllowed { .. } => Fault::Client,
+            Self::Image { failure, .. } => match **failure {
+                ImageFailure::Worker => Fault::Gateway,
+                _ => Fault::Client,
+            },
             Self::UpstreamUnavailable { .. }
             | Self::UpstreamCut { .. }
             | Self::UpstreamTimeout { .. } => Fault::Upstream,

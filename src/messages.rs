@@ -22,6 +22,15 @@ use crate::tokens::TextCounter;
 pub struct ImageRef {
     /// Where the URL's JSON string (quotes included) sits in the body.
     pub url_span: Range<usize>,
+    /// `messages[message].content[part]`, for error messages.
+    pub message: usize,
+    pub part: usize,
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "messages[{}].content[{}]", self.message, self.part)
+    }
 }
 
 /// What the messages hold.
@@ -76,7 +85,7 @@ pub fn scan(body: &[u8], span: Range<usize>) -> Result<MessageScan, GatewayError
         serde_json::from_str(text).map_err(|_| shape("must be an array of messages"))?;
     let mut out = MessageScan::default();
     let mut counter = TextCounter::default();
-    for message in list {
+    for (index, message) in list.into_iter().enumerate() {
         let m: MessageView<'_> = serde_json::from_str(message.get())
             .map_err(|_| shape("must be an array of message objects with a `role`"))?;
         counter.message();
@@ -96,8 +105,9 @@ pub fn scan(body: &[u8], span: Range<usize>) -> Result<MessageScan, GatewayError
             Some(b'[') => {
                 let parts: Vec<&RawValue> = serde_json::from_str(content.get())
                     .map_err(|_| shape("has a message whose `content` is not an array"))?;
-                for part in parts {
-                    scan_part(body, part, &mut out, &mut counter)?;
+                for (part_index, part) in parts.into_iter().enumerate() {
+                    let at = (index, part_index);
+                    scan_part(body, part, at, &mut out, &mut counter)?;
                 }
             }
             Some(b'n') => {}
@@ -115,6 +125,7 @@ pub fn scan(body: &[u8], span: Range<usize>) -> Result<MessageScan, GatewayError
 fn scan_part(
     body: &[u8],
     part: &RawValue,
+    (message, part_index): (usize, usize),
     out: &mut MessageScan,
     counter: &mut TextCounter,
 ) -> Result<(), GatewayError> {
@@ -143,7 +154,11 @@ fn scan_part(
             }
             let url_span =
                 span_in(body, url).ok_or(GatewayError::Internal("image URL outside the body"))?;
-            out.images.push(ImageRef { url_span });
+            out.images.push(ImageRef {
+                url_span,
+                message,
+                part: part_index,
+            });
         }
         _ => {}
     }
@@ -182,6 +197,7 @@ mod tests {
         let s = scan_str(m).map_err(|e| e.to_string());
         let Ok(s) = s else { panic!("{s:?}") };
         assert_eq!(s.images.len(), 2);
+        assert_eq!(s.images[1].to_string(), "messages[3].content[0]");
         assert_eq!(&m[s.images[0].url_span.clone()], r#""https://a/x.png""#);
         assert_eq!(
             &m[s.images[1].url_span.clone()],

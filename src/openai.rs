@@ -15,6 +15,11 @@ pub struct ChatRequestView<'a> {
     pub model: Option<&'a RawValue>,
     #[serde(borrow, default)]
     pub messages: Option<&'a RawValue>,
+    /// Reserved completion tokens, for the context budget (the newer name wins).
+    #[serde(borrow, default)]
+    pub max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub max_completion_tokens: Option<&'a RawValue>,
 }
 
 /// `{"error": {...}}`, the body of every error the gateway makes.

@@ -21,12 +21,22 @@
 //!    `messages`; `Bytes` → `ParsedChat`. Cheap, so it runs before anything costly.
 //! 8. [`resolve_model`]: 404 `model_not_found`; picks the route and plans the `model`
 //!    rewrite; `ParsedChat` → `ChatRequest`.
-//! 9. `upstream::forward::Forward`: sends upstream; 502 / 504; streams the answer back.
+//! 9. [`count_images`]: 400 for malformed content parts, 400 `too_many_images` above the
+//!    model's `max_images`, before any image work; `ChatRequest` → `ScannedChat`.
+//! 10. [`prepare_images`]: 400 `invalid_image_url` / `invalid_image`; fetches, checks and
+//!    downscales every image and plans the edits that inline them; `ScannedChat` →
+//!    `VisionChat`.
+//! 11. [`context_budget`]: 400 `context_length_exceeded` when text + images + `max_tokens`
+//!    exceed the model's `context_window`; `VisionChat` → `ReadyChat`.
+//! 12. `upstream::forward::Forward`: sends upstream; 502 / 504; streams the answer back.
 
 pub mod checkpoint;
+pub mod context_budget;
+pub mod count_images;
 pub mod error_response;
 pub mod head;
 pub mod parse_chat;
+pub mod prepare_images;
 pub mod read_body;
 pub mod request_id;
 pub mod resolve_model;

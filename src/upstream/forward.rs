@@ -19,7 +19,7 @@ use http_body_util::Full;
 use tower::Service;
 
 use crate::body::{ResponseBody, UpstreamBody};
-use crate::chat::ChatRequest;
+use crate::chat::ReadyChat;
 use crate::context::RequestContext;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::headers::strip_hop_by_hop;
@@ -33,7 +33,7 @@ static X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-r
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Forward;
 
-impl Service<Request<ChatRequest>> for Forward {
+impl Service<Request<ReadyChat>> for Forward {
     type Response = Response<ResponseBody>;
     type Error = GatewayError;
     type Future =
@@ -44,13 +44,13 @@ impl Service<Request<ChatRequest>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<ChatRequest>) -> Self::Future {
+    fn call(&mut self, req: Request<ReadyChat>) -> Self::Future {
         Box::pin(forward(req))
     }
 }
 
-async fn forward(req: Request<ChatRequest>) -> Result<Response<ResponseBody>, GatewayError> {
-    let (mut parts, chat) = req.into_parts();
+async fn forward(req: Request<ReadyChat>) -> Result<Response<ResponseBody>, GatewayError> {
+    let (mut parts, ReadyChat { chat, .. }) = req.into_parts();
     let upstream = chat.route.upstream.clone();
     let body = chat.upstream_body()?;
 
