@@ -13,6 +13,7 @@ pub mod error;
 pub mod headers;
 pub mod health;
 pub mod images;
+pub mod inspect;
 pub mod layer;
 pub mod messages;
 pub mod metrics;

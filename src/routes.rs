@@ -26,6 +26,8 @@ pub type ChatService = BoxCloneService<Request<Incoming>, Response<ResponseBody>
 #[derive(Clone)]
 pub struct Router {
     pub chat: ChatService,
+    /// `POST /gateway/inspect`: the chat checks without the upstream.
+    pub inspect: ChatService,
     pub models: Arc<ModelTable>,
     pub readiness: Readiness,
     /// `Some` when `/metrics` is served on this listener.
@@ -52,6 +54,12 @@ impl Service<Request<Incoming>> for Router {
                     // `oneshot` honours the chat stack's readiness (later layers may apply
                     // back-pressure).
                     return Box::pin(self.chat.clone().oneshot(req));
+                }
+                Err(wrong_method(path, method, "POST"))
+            }
+            "/gateway/inspect" => {
+                if method == Method::POST {
+                    return Box::pin(self.inspect.clone().oneshot(req));
                 }
                 Err(wrong_method(path, method, "POST"))
             }
