@@ -31,6 +31,31 @@ pub struct RequestContext {
     pub upstream_headers: OnceLock<Duration>,
     /// How the upstream exchange failed, if it did.
     pub upstream_error: OnceLock<UpstreamErrorKind>,
+    /// What the image step did, for requests with images.
+    pub images: OnceLock<ImageFacts>,
+    /// The prompt estimate (text + images) once the budget was counted.
+    pub prompt_tokens: OnceLock<u64>,
+}
+
+/// What happened to a request's images: counts by outcome and the time the step took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImageFacts {
+    /// Images sent as received (`data:` URIs within limits).
+    pub unchanged: u32,
+    /// Remote images inlined as fetched (within limits).
+    pub inlined: u32,
+    /// Downscaled or re-encoded here.
+    pub processed: u32,
+    /// Served from the cache (nothing fetched or decoded).
+    pub cached: u32,
+    /// How long the image step took.
+    pub took: Duration,
+}
+
+impl ImageFacts {
+    pub fn total(&self) -> u32 {
+        self.unchanged + self.inlined + self.processed + self.cached
+    }
 }
 
 impl RequestContext {
@@ -46,6 +71,8 @@ impl RequestContext {
             upstream_sent: OnceLock::new(),
             upstream_headers: OnceLock::new(),
             upstream_error: OnceLock::new(),
+            images: OnceLock::new(),
+            prompt_tokens: OnceLock::new(),
         })
     }
 

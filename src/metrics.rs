@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {
     ChatCompletions,
+    Inspect,
     Models,
     Healthz,
     Readyz,
@@ -33,6 +34,7 @@ impl Route {
     pub fn of(path: &str) -> Self {
         match path {
             "/v1/chat/completions" => Self::ChatCompletions,
+            "/gateway/inspect" => Self::Inspect,
             "/healthz" => Self::Healthz,
             "/readyz" => Self::Readyz,
             "/metrics" => Self::Metrics,
@@ -61,6 +63,7 @@ impl Route {
             Self::Healthz => "healthz",
             Self::Readyz => "readyz",
             Self::Metrics => "metrics",
+            Self::Inspect => "inspect",
             Self::Other => "other",
         }
     }
@@ -135,6 +138,33 @@ pub struct Metrics {
     pub overhead: Histogram,
     pub first_byte: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub images: Family<ImageLabels, Counter>,
+    pub image_step: Histogram,
+}
+
+/// What happened to an image (bounded: four values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ImageOutcome {
+    Unchanged,
+    Inlined,
+    Processed,
+    Cached,
+}
+
+impl EncodeLabelValue for ImageOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(match self {
+            Self::Unchanged => "unchanged",
+            Self::Inlined => "inlined",
+            Self::Processed => "processed",
+            Self::Cached => "cached",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ImageLabels {
+    pub outcome: ImageOutcome,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -192,6 +222,18 @@ impl Metrics {
             "Upstream failures by kind: connect, timeout (no headers in time), reset (connection broke)",
             upstream_errors.clone(),
         );
+        let images = Family::<ImageLabels, Counter>::default();
+        registry.register(
+            "images",
+            "Images in chat requests that passed the image step, by outcome: unchanged (data URI within limits), inlined (fetched, within limits), processed (downscaled or re-encoded), cached",
+            images.clone(),
+        );
+        let image_step = histogram();
+        registry.register(
+            "image_step_seconds",
+            "Time a request with images spent fetching, checking and downscaling them",
+            image_step.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -206,6 +248,8 @@ impl Metrics {
             overhead,
             first_byte,
             upstream_errors,
+            images,
+            image_step,
         }
     }
 

@@ -25,7 +25,8 @@ use tracing::Instrument;
 use crate::context::RequestContext;
 use crate::error::bounded;
 use crate::metrics::{
-    Metrics, RequestLabels, Route, RouteLabels, UpstreamErrorLabels, UpstreamLabels,
+    ImageLabels, ImageOutcome, Metrics, RequestLabels, Route, RouteLabels, UpstreamErrorLabels,
+    UpstreamLabels,
 };
 
 /// Adds [`Telemetry`] to a stack. `metrics: None` turns metrics off (logs stay).
@@ -225,6 +226,21 @@ fn record_metrics(m: &Metrics, r: &Record) {
         })
         .inc();
     let Some(ctx) = ctx else { return };
+    if let Some(images) = ctx.images.get() {
+        for (outcome, n) in [
+            (ImageOutcome::Unchanged, images.unchanged),
+            (ImageOutcome::Inlined, images.inlined),
+            (ImageOutcome::Processed, images.processed),
+            (ImageOutcome::Cached, images.cached),
+        ] {
+            if n > 0 {
+                m.images
+                    .get_or_create(&ImageLabels { outcome })
+                    .inc_by(u64::from(n));
+            }
+        }
+        m.image_step.observe(images.took.as_secs_f64());
+    }
     m.request_duration
         .get_or_create(&RouteLabels { route: r.route })
         .observe(ctx.started.elapsed().as_secs_f64());
@@ -263,6 +279,7 @@ fn log_line(r: &Record, complete: bool) {
     let id = ctx
         .map(|c| String::from_utf8_lossy(c.id.as_bytes()).into_owned())
         .unwrap_or_default();
+    let images = ctx.and_then(|c| c.images.get());
     tracing::info!(
         target: "vision_gateway::access",
         request_id = %id,
@@ -275,6 +292,11 @@ fn log_line(r: &Record, complete: bool) {
         upstream_headers_ms = ms(ctx.and_then(|c| c.upstream_headers.get())),
         first_byte_ms = ms(r.first_byte.as_ref()),
         upstream_error = ctx.and_then(|c| c.upstream_error.get()).map(|k| k.as_str()),
+        images = images.map(|i| i.total()),
+        images_processed = images.map(|i| i.processed),
+        images_cached = images.map(|i| i.cached),
+        image_ms = ms(images.map(|i| &i.took)),
+        prompt_tokens = ctx.and_then(|c| c.prompt_tokens.get()),
         complete,
         "request"
     );
