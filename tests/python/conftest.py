@@ -94,9 +94,10 @@ def start_gateway(gateway_bin: Path, tmp_path: Path, request):
         models: Iterable[dict[str, Any]],
         server: Optional[dict[str, Any]] = None,
         env: Optional[dict[str, str]] = None,
+        images: Optional[dict[str, Any]] = None,
     ) -> Gateway:
         cfg = tmp_path / f"gateway-{len(started)}.toml"
-        cfg.write_text(render_config(upstreams, models, server))
+        cfg.write_text(render_config(upstreams, models, server, images))
         g = Gateway(
             [str(gateway_bin), "--config", str(cfg), "--listen", "127.0.0.1:0"],
             GATEWAY_READY,

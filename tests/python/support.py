@@ -179,15 +179,23 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, str):
         # JSON string escapes are valid TOML basic-string escapes for everything json.dumps emits.
         return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"unsupported TOML value {v!r}")
 
 
-def render_config(upstreams: Iterable[dict[str, Any]], models: Iterable[dict[str, Any]], server: Optional[dict[str, Any]] = None) -> str:
+def render_config(
+    upstreams: Iterable[dict[str, Any]],
+    models: Iterable[dict[str, Any]],
+    server: Optional[dict[str, Any]] = None,
+    images: Optional[dict[str, Any]] = None,
+) -> str:
     out: list[str] = []
-    if server:
-        out.append("[server]")
-        out += [f"{k} = {_toml_value(v)}" for k, v in server.items()]
-        out.append("")
+    for table, values in (("server", server), ("images", images)):
+        if values:
+            out.append(f"[{table}]")
+            out += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+            out.append("")
     for u in upstreams:
         out.append("[[upstreams]]")
         out += [f"{k} = {_toml_value(v)}" for k, v in u.items()]
