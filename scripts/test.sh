@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "Debian packages (build: cmake, nasm; tests: mate-backgrounds photos)"
+./scripts/install-deps.sh test
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs vision-gateway (release build). Installs the build's Debian packages first if missing.
+# Arguments go to the gateway: ./scripts/run.sh --config config/vision-gateway.toml
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh build
+exec cargo run --release --locked -- "$@"
