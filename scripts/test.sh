@@ -14,12 +14,13 @@ step "Debian packages (build: cmake, nasm; tests: mate-backgrounds photos)"
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy -D warnings"
+step "cargo clippy -D warnings (default features, then all features)"
 cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --locked --all-features -- -D warnings
 
 step "Rust unit and integration tests"
 cargo build --locked --bin vision-gateway
-cargo test --locked
+cargo test --locked --all-features
 
 step "Python SDK compatibility suite (venv in .venv)"
 if [[ ! -x .venv/bin/python ]]; then

@@ -207,6 +207,9 @@ pub struct RawModel {
     /// Tokens per image for "fixed".
     #[serde(default)]
     pub tokens_per_image: u32,
+    /// A Hugging Face `tokenizer.json` for exact text counts (needs the `tokenizer` feature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
 }
 
 fn default_fetch_timeout_ms() -> u64 {
@@ -436,6 +439,8 @@ pub struct ModelConfig {
     pub max_images: u32,
     pub max_image_edge: NonZeroU32,
     pub image_tokens: ImageTokens,
+    /// Counts text exactly when set; else the estimate is used.
+    pub tokenizer: Option<crate::tokens::TextTokenizer>,
 }
 
 impl Config {
@@ -512,6 +517,7 @@ impl RawConfig {
             image_tokens: default_image_tokens(),
             patch_size: default_patch_size(),
             tokens_per_image: 0,
+            tokenizer: None,
         };
         Self {
             server: RawServer::default(),
@@ -774,6 +780,13 @@ fn validate_model(
             ));
         }
     };
+    let tokenizer = match &raw.tokenizer {
+        None => None,
+        Some(path) => Some(
+            crate::tokens::TextTokenizer::load(Path::new(path))
+                .map_err(|e| invalid(key("tokenizer"), format!("cannot load `{path}`: {e}")))?,
+        ),
+    };
     Ok(ModelConfig {
         matches,
         upstream,
@@ -782,6 +795,7 @@ fn validate_model(
         max_images: raw.max_images,
         max_image_edge,
         image_tokens,
+        tokenizer,
     })
 }
 

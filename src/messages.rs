@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 use crate::chat::span_in;
 use crate::error::GatewayError;
-use crate::tokens::TextCounter;
+use crate::tokens::{TextCounter, TextTokenizer};
 
 /// One `image_url` part.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +75,13 @@ fn shape(expected: &'static str) -> GatewayError {
     }
 }
 
-/// Scans the `messages` array found at `span` of `body`.
-pub fn scan(body: &[u8], span: Range<usize>) -> Result<MessageScan, GatewayError> {
+/// Scans the `messages` array found at `span` of `body`, counting text with the model's
+/// tokenizer when it has one.
+pub fn scan(
+    body: &[u8],
+    span: Range<usize>,
+    tokenizer: Option<&TextTokenizer>,
+) -> Result<MessageScan, GatewayError> {
     let text = body
         .get(span)
         .and_then(|b| std::str::from_utf8(b).ok())
@@ -84,7 +89,7 @@ pub fn scan(body: &[u8], span: Range<usize>) -> Result<MessageScan, GatewayError
     let list: Vec<&RawValue> =
         serde_json::from_str(text).map_err(|_| shape("must be an array of messages"))?;
     let mut out = MessageScan::default();
-    let mut counter = TextCounter::default();
+    let mut counter = TextCounter::new(tokenizer);
     for (index, message) in list.into_iter().enumerate() {
         let m: MessageView<'_> = serde_json::from_str(message.get())
             .map_err(|_| shape("must be an array of message objects with a `role`"))?;
@@ -179,7 +184,7 @@ mod tests {
     use super::*;
 
     fn scan_str(messages: &str) -> Result<MessageScan, GatewayError> {
-        scan(messages.as_bytes(), 0..messages.len())
+        scan(messages.as_bytes(), 0..messages.len(), None)
     }
 
     #[test]

@@ -34,14 +34,73 @@ pub fn image_tokens(rule: ImageTokens, width: u32, height: u32) -> u64 {
 const PER_MESSAGE: u64 = 4;
 const REPLY_PRIMING: u64 = 3;
 
-/// Accumulates the text estimate of a conversation.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TextCounter {
-    tokens: u64,
-    messages: u64,
+/// A model's own tokenizer (`tokenizer = "tokenizer.json"`), for exact text counts.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    #[cfg(feature = "tokenizer")]
+    inner: std::sync::Arc<tokenizers::Tokenizer>,
+    #[cfg(not(feature = "tokenizer"))]
+    never: std::convert::Infallible,
 }
 
-impl TextCounter {
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TextTokenizer")
+    }
+}
+
+impl TextTokenizer {
+    /// Loads a Hugging Face `tokenizer.json`.
+    #[cfg(feature = "tokenizer")]
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        tokenizers::Tokenizer::from_file(path)
+            .map(|t| Self {
+                inner: std::sync::Arc::new(t),
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    /// Without the `tokenizer` feature there is nothing to load with.
+    #[cfg(not(feature = "tokenizer"))]
+    pub fn load(_path: &std::path::Path) -> Result<Self, String> {
+        Err("this build has no tokenizer support; build with `--features tokenizer`".to_owned())
+    }
+
+    /// The exact number of tokens of `text` (no special tokens added).
+    pub fn count(&self, text: &str) -> u64 {
+        #[cfg(feature = "tokenizer")]
+        {
+            // A text the tokenizer cannot encode falls back to the estimate.
+            self.inner
+                .encode_fast(text, false)
+                .map_or_else(|_| estimate_text(text), |e| e.len() as u64)
+        }
+        #[cfg(not(feature = "tokenizer"))]
+        {
+            let _ = text;
+            match self.never {}
+        }
+    }
+}
+
+/// Accumulates the text tokens of a conversation: exact with a tokenizer, else estimated.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TextCounter<'a> {
+    tokens: u64,
+    messages: u64,
+    tokenizer: Option<&'a TextTokenizer>,
+}
+
+impl<'a> TextCounter<'a> {
+    /// A counter using the model's tokenizer when it has one.
+    pub fn new(tokenizer: Option<&'a TextTokenizer>) -> Self {
+        Self {
+            tokens: 0,
+            messages: 0,
+            tokenizer,
+        }
+    }
+
     /// Counts one message's framing.
     pub fn message(&mut self) {
         self.messages += 1;
@@ -49,7 +108,10 @@ impl TextCounter {
 
     /// Adds a piece of text.
     pub fn add(&mut self, text: &str) {
-        self.tokens += estimate_text(text);
+        self.tokens += match self.tokenizer {
+            Some(t) => t.count(text),
+            None => estimate_text(text),
+        };
     }
 
     /// The estimate so far, framing included.

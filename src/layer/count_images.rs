@@ -18,7 +18,11 @@ pub struct CountImages;
 impl CountImages {
     /// The scan, or the refusal: shared with `/gateway/inspect`.
     pub fn scan(chat: &ChatRequest) -> Result<messages::MessageScan, GatewayError> {
-        let scan = messages::scan(&chat.parsed.raw, chat.parsed.messages_span.clone())?;
+        let scan = messages::scan(
+            &chat.parsed.raw,
+            chat.parsed.messages_span.clone(),
+            chat.route.config.tokenizer.as_ref(),
+        )?;
         let max = chat.route.config.max_images;
         if scan.images.len() > usize::try_from(max).unwrap_or(usize::MAX) {
             return Err(GatewayError::TooManyImages {

@@ -14,3 +14,4 @@ mod lifecycle;
 mod metrics;
 mod streaming;
 mod support;
+mod tokens;

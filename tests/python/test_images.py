@@ -498,3 +498,24 @@ def test_inspect_reports_without_calling_the_upstream(gw, image_host, recording_
     report = httpx2.post(f"{gw.url}/gateway/inspect", json=bad).json()
     assert report["accepted"] is False and report["images"][0]["error"]["code"] == "invalid_image_url"
     assert not recording_upstream.requests
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_bombs_and_endless_bodies_leave_memory_bounded(gw, client, image_host):
+    # Each of these would need gigabytes if read or decoded whole: a 30000x30000 PNG, a body
+    # that never ends, a body that claims 50 MB. All must be refused, the process staying small.
+    bomb = data_uri(png_bomb(), "image/png")
+    endless = image_host.add("/endless", endless=True)
+    liar = image_host.add("/liar", body=b"\xff\xd8\xff" + b"\0" * 100, lie_length=50_000_000)
+    for _ in range(3):
+        for url in (bomb, endless, liar):
+            e = bad_request(client, messages=user(image_part(url)))
+            assert e.code in ("invalid_image", "invalid_image_url"), msg(e)
+    peak = peak_rss_mb(gw.proc.pid)
+    assert peak < 200, f"the gateway's peak RSS grew to {peak:.0f} MB"
