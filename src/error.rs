@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use http::StatusCode;
 
-use crate::images::pipeline::ImageFailure;
+use crate::images::pipeline::{FailureKind, ImageFailure};
 use crate::openai::{ErrorBody, ErrorDetail};
 use crate::tokens::{TokenCount, thousands};
 
@@ -228,9 +228,9 @@ impl GatewayError {
             | Self::BodyRead
             | Self::TooManyImages { .. }
             | Self::ContextLengthExceeded { .. } => StatusCode::BAD_REQUEST,
-            Self::Image { failure, .. } => match **failure {
-                ImageFailure::Worker => StatusCode::INTERNAL_SERVER_ERROR,
-                _ => StatusCode::BAD_REQUEST,
+            Self::Image { failure, .. } => match failure.kind() {
+                FailureKind::Url | FailureKind::Image => StatusCode::BAD_REQUEST,
+                FailureKind::Gateway => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -260,9 +260,9 @@ impl GatewayError {
             | Self::ModelNotFound { .. }
             | Self::RouteNotFound { .. }
             | Self::MethodNotAllowed { .. } => "invalid_request_error",
-            Self::Image { failure, .. } => match **failure {
-                ImageFailure::Worker => "server_error",
-                _ => "invalid_request_error",
+            Self::Image { failure, .. } => match failure.kind() {
+                FailureKind::Url | FailureKind::Image => "invalid_request_error",
+                FailureKind::Gateway => "server_error",
             },
             Self::UpstreamUnavailable { .. }
             | Self::UpstreamCut { .. }
@@ -285,13 +285,11 @@ impl GatewayError {
             Self::BodyTimeout { .. } => "request_timeout",
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::TooManyImages { .. } => "too_many_images",
-            Self::Image { failure, .. } => {
-                if failure.is_url_problem() {
-                    "invalid_image_url"
-                } else {
-                    "invalid_image"
-                }
-            }
+            Self::Image { failure, .. } => match failure.kind() {
+                FailureKind::Url => "invalid_image_url",
+                FailureKind::Image => "invalid_image",
+                FailureKind::Gateway => "image_processing_failed",
+            },
             Self::ContextLengthExceeded { .. } => "context_length_exceeded",
             Self::ModelNotFound { .. } => "model_not_found",
             Self::RouteNotFound { .. } => "not_found",
@@ -345,9 +343,9 @@ impl GatewayError {
             | Self::ModelNotFound { .. }
             | Self::RouteNotFound { .. }
             | Self::MethodNotAllowed { .. } => Fault::Client,
-            Self::Image { failure, .. } => match **failure {
-                ImageFailure::Worker => Fault::Gateway,
-                _ => Fault::Client,
+            Self::Image { failure, .. } => match failure.kind() {
+                FailureKind::Url | FailureKind::Image => Fault::Client,
+                FailureKind::Gateway => Fault::Gateway,
             },
             Self::UpstreamUnavailable { .. }
             | Self::UpstreamCut { .. }

@@ -17,7 +17,7 @@ use tower::Service;
 use crate::body::ResponseBody;
 use crate::chat::{ChatRequest, VisionChat};
 use crate::error::GatewayError;
-use crate::images::pipeline::{ImagePipeline, SentImage};
+use crate::images::pipeline::{Collect, ImagePipeline, SentImage};
 use crate::images::transform::Action;
 use crate::layer::context_budget::ContextBudget;
 use crate::layer::count_images::CountImages;
@@ -140,13 +140,13 @@ async fn inspect(
     };
     report.image_count = scan.images.len();
     let results = pipeline
-        .prepare_all(&chat.parsed.raw, &scan.images, config)
+        .prepare_all(&chat.parsed.raw, &scan.images, config, Collect::All)
         .await;
     let rule = config.image_tokens;
     let mut sent: Vec<SentImage> = Vec::new();
     for (i, (result, image)) in results.iter().zip(&scan.images).enumerate() {
         let mut view = ImageView {
-            index: i,
+            index: i + 1,
             at: image.to_string(),
             source: None,
             original: None,
@@ -158,7 +158,7 @@ async fn inspect(
         };
         match result {
             Ok(s) => {
-                let p = &s.processed.prepared;
+                let p = &s.processed;
                 view.source = Some(s.source.name());
                 view.original = Some(Shape {
                     format: p.original.format.name(),
@@ -170,7 +170,7 @@ async fn inspect(
                     format: p.format.name(),
                     width: p.width,
                     height: p.height,
-                    bytes: p.bytes.len(),
+                    bytes: p.sent_bytes,
                 });
                 view.tokens = Some(image_tokens(rule, p.width, p.height));
                 view.action = Some(match p.action {

@@ -143,7 +143,8 @@ fn scan_part(
                 .ok_or_else(|| shape("has a `text` part without a `text` string"))?;
             counter.add(&text);
         }
-        "image_url" => {
+        // `input_image` is the Responses-API spelling some servers (vLLM) also accept here.
+        "image_url" | "input_image" => {
             let value = p
                 .image_url
                 .ok_or_else(|| shape("has an `image_url` part without `image_url`"))?;
@@ -165,15 +166,22 @@ fn scan_part(
                 part: part_index,
             });
         }
+        // The upstream would fetch these itself: from inside the network the gateway guards.
+        "video_url" | "audio_url" | "input_video" => {
+            return Err(shape(
+                "has a video_url or audio_url part; this gateway sends only images, inline, so the upstream never fetches anything",
+            ));
+        }
+        // Text-like and inline parts (input_audio, file, refusal, ...) pass untouched.
         _ => {}
     }
     Ok(())
 }
 
 /// The URL of an image part as text (JSON escapes decoded; borrowed when there are none).
-pub fn image_url<'a>(body: &'a [u8], image: &ImageRef) -> Result<Cow<'a, str>, GatewayError> {
+pub fn image_url<'a>(body: &'a [u8], span: &Range<usize>) -> Result<Cow<'a, str>, GatewayError> {
     let raw = body
-        .get(image.url_span.clone())
+        .get(span.clone())
         .and_then(|b| std::str::from_utf8(b).ok())
         .ok_or(GatewayError::Internal("image URL span outside the body"))?;
     serde_json::from_str(raw).map_err(|_| GatewayError::Internal("image URL is not a string"))
@@ -197,11 +205,12 @@ mod tests {
             ]},
             {"role":"assistant","content":null,"tool_calls":[]},
             {"role":"user","content":[{"type":"image_url","image_url":"data:image/png;base64,AA=="},
-                {"type":"input_audio","input_audio":{}}]}
+                {"type":"input_audio","input_audio":{}}]},
+            {"role":"user","content":[{"type":"input_image","image_url":"https://b/y.png"}]}
         ]"#;
         let s = scan_str(m).map_err(|e| e.to_string());
         let Ok(s) = s else { panic!("{s:?}") };
-        assert_eq!(s.images.len(), 2);
+        assert_eq!(s.images.len(), 3, "input_image parts are images too");
         assert_eq!(s.images[1].to_string(), "messages[3].content[0]");
         assert_eq!(&m[s.images[0].url_span.clone()], r#""https://a/x.png""#);
         assert_eq!(
@@ -209,7 +218,9 @@ mod tests {
             r#""data:image/png;base64,AA==""#
         );
         assert_eq!(
-            image_url(m.as_bytes(), &s.images[0]).ok().as_deref(),
+            image_url(m.as_bytes(), &s.images[0].url_span)
+                .ok()
+                .as_deref(),
             Some("https://a/x.png")
         );
         assert!(s.text_tokens > 0);
@@ -221,7 +232,9 @@ mod tests {
         let s = scan_str(m).map_err(|e| e.to_string());
         let Ok(s) = s else { panic!("{s:?}") };
         assert_eq!(
-            image_url(m.as_bytes(), &s.images[0]).ok().as_deref(),
+            image_url(m.as_bytes(), &s.images[0].url_span)
+                .ok()
+                .as_deref(),
             Some("https://a/b")
         );
     }
@@ -236,6 +249,8 @@ mod tests {
             r#"[{"role":"user","content":[{"type":"image_url"}]}]"#,
             r#"[{"role":"user","content":[{"type":"image_url","image_url":{}}]}]"#,
             r#"[{"role":"user","content":[{"type":"image_url","image_url":{"url":7}}]}]"#,
+            r#"[{"role":"user","content":[{"type":"video_url","video_url":{"url":"http://x/v"}}]}]"#,
+            r#"[{"role":"user","content":[{"type":"audio_url","audio_url":{"url":"http://x/a"}}]}]"#,
         ] {
             match scan_str(m) {
                 Ok(s) => panic!("{m} should be refused, got {s:?}"),

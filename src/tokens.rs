@@ -192,7 +192,9 @@ pub struct TokenCount {
 impl TokenCount {
     /// Prompt plus the reserved completion.
     pub fn total(&self) -> u64 {
-        self.text + self.images + self.max_tokens
+        self.text
+            .saturating_add(self.images)
+            .saturating_add(self.max_tokens)
     }
 
     /// "needs 4,460 tokens: text 200, 1 image 4,160, max_tokens 100".

@@ -78,9 +78,11 @@ pub enum FetchError {
     NoHost,
     #[error("the URL cannot be sent in an HTTP request")]
     Unsendable,
-    #[error("the host name could not be resolved")]
+    /// Worded like `NotPublic` on purpose: telling "no such name" from "a private address"
+    /// apart would let clients map the gateway's internal DNS.
+    #[error("the host has no publicly routable address this gateway may fetch from")]
     Resolve,
-    #[error("the address is not publicly routable")]
+    #[error("the host has no publicly routable address this gateway may fetch from")]
     NotPublic,
     #[error("the image server could not be reached")]
     Connect,
@@ -491,33 +493,32 @@ fn protocol_error(error: hyper::Error) -> FetchError {
     FetchError::Protocol
 }
 
-/// Reads the body, refusing it as soon as it is known to be too large (from Content-Length
-/// before reading, or by counting) or not an image (from its first `SNIFF_LEN` bytes). Frames
-/// are kept as hyper delivered them and joined once at the end, so a Content-Length that
-/// lies cannot make us reserve memory for bytes that never come.
+/// Reads the body into one buffer, refusing it as soon as it is known to be too large (from
+/// Content-Length before reading, or by counting) or not an image (from its first
+/// `SNIFF_LEN` bytes). Each frame is copied out at once, so tiny frames cannot pin hyper's
+/// read buffers; the buffer grows with what arrives and never reserves more than a
+/// Content-Length within the cap, so a lying length costs nothing either.
 async fn read_body(mut body: Incoming, max: u64) -> Result<Bytes, FetchError> {
     let too_large = || FetchError::TooLarge { max };
-    if body.size_hint().lower() > max {
+    let hint = body.size_hint();
+    if hint.lower() > max {
         return Err(too_large());
     }
-    let mut frames: Vec<Bytes> = Vec::new();
-    let mut total: u64 = 0;
+    let exact = hint.exact().unwrap_or(0).min(max);
+    let mut buf = BytesMut::with_capacity(usize::try_from(exact).unwrap_or(0).min(1 << 20));
     let mut sniffed = false;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(protocol_error)?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
-        if data.is_empty() {
-            continue;
-        }
-        total = total.saturating_add(u64::try_from(data.len()).unwrap_or(u64::MAX));
+        let total = u64::try_from(buf.len().saturating_add(data.len())).unwrap_or(u64::MAX);
         if total > max {
             return Err(too_large());
         }
-        frames.push(data);
-        if !sniffed && total >= SNIFF_LEN as u64 {
-            if sniff(&head(&frames)).is_none() {
+        buf.extend_from_slice(&data);
+        if !sniffed && buf.len() >= SNIFF_LEN {
+            if sniff(&buf).is_none() {
                 return Err(FetchError::NotAnImage);
             }
             sniffed = true;
@@ -526,32 +527,7 @@ async fn read_body(mut body: Incoming, max: u64) -> Result<Bytes, FetchError> {
     if !sniffed {
         return Err(FetchError::NotAnImage);
     }
-    Ok(join(frames))
-}
-
-/// The first `SNIFF_LEN` bytes across frames.
-fn head(frames: &[Bytes]) -> Vec<u8> {
-    let mut head = Vec::with_capacity(SNIFF_LEN);
-    for frame in frames {
-        let take = (SNIFF_LEN - head.len()).min(frame.len());
-        head.extend_from_slice(&frame[..take]);
-        if head.len() == SNIFF_LEN {
-            break;
-        }
-    }
-    head
-}
-
-fn join(frames: Vec<Bytes>) -> Bytes {
-    if let [only] = frames.as_slice() {
-        return only.clone();
-    }
-    let len = frames.iter().map(Bytes::len).sum();
-    let mut joined = BytesMut::with_capacity(len);
-    for frame in &frames {
-        joined.extend_from_slice(frame);
-    }
-    joined.freeze()
+    Ok(buf.freeze())
 }
 
 #[cfg(test)]
@@ -768,7 +744,10 @@ mod tests {
             .unwrap_err();
         assert!(matches!(error, FetchError::NotPublic), "{error:?}");
         assert!(error.is_policy_refusal());
-        assert_eq!(error.to_string(), "the address is not publicly routable");
+        assert_eq!(
+            error.to_string(),
+            "the host has no publicly routable address this gateway may fetch from"
+        );
         assert_eq!(server.accepted(), 0);
     }
 

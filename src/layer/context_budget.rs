@@ -27,14 +27,8 @@ impl ContextBudget {
             images: vision
                 .images
                 .iter()
-                .map(|i| {
-                    image_tokens(
-                        rule,
-                        i.processed.prepared.width,
-                        i.processed.prepared.height,
-                    )
-                })
-                .sum(),
+                .map(|i| image_tokens(rule, i.processed.width, i.processed.height))
+                .fold(0u64, u64::saturating_add),
             image_count: vision.images.len(),
             max_tokens: vision.chat.parsed.max_tokens.unwrap_or(0),
         }

@@ -15,7 +15,7 @@ use super::checkpoint::Checkpoint;
 use crate::chat::{Edit, ScannedChat, VisionChat};
 use crate::context::{ImageFacts, RequestContext};
 use crate::error::GatewayError;
-use crate::images::pipeline::{ImagePipeline, SentImage, SourceKind};
+use crate::images::pipeline::{Collect, ImagePipeline, SentImage, SourceKind};
 use crate::images::transform::Action;
 use crate::messages::ImageRef;
 
@@ -60,7 +60,12 @@ impl Checkpoint<ScannedChat> for PrepareImages {
             let started = Instant::now();
             let results = self
                 .pipeline
-                .prepare_all(&chat.parsed.raw, &scan.images, &chat.route.config)
+                .prepare_all(
+                    &chat.parsed.raw,
+                    &scan.images,
+                    &chat.route.config,
+                    Collect::UntilFailure,
+                )
                 .await;
             let sent = Self::first_failure(&scan.images, results)?;
             if let Some(ctx) = parts.extensions.get::<Arc<RequestContext>>() {
@@ -94,7 +99,7 @@ fn facts(sent: &[SentImage], took: Duration) -> ImageFacts {
         ..ImageFacts::default()
     };
     for s in sent {
-        let slot = match (s.cached, s.processed.prepared.action, s.source) {
+        let slot = match (s.cached, s.processed.action, s.source) {
             (true, _, _) => &mut f.cached,
             (false, Action::Downscaled | Action::Reencoded, _) => &mut f.processed,
             (false, Action::Unchanged, SourceKind::Remote) => &mut f.inlined,

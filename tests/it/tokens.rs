@@ -1,10 +1,12 @@
 //! Exact text counts with a model's own `tokenizer.json` (the `tokenizer` feature), seen
 //! through `/gateway/inspect`; and the refusal of such a config in builds without it.
 
+#[cfg(feature = "tokenizer")]
 use crate::support::{Gateway, call, post};
 
 /// A word-level tokenizer.json: every whitespace-separated word is one token, unknown words
 /// are `[UNK]` (also one token). Written by hand, as Hugging Face's format has it.
+#[cfg(feature = "tokenizer")]
 const WORD_LEVEL: &str = r#"{
   "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
   "normalizer": null,

@@ -303,20 +303,45 @@ def test_bad_remote_images_are_400_invalid_image_url(client, image_host, recordi
     assert not recording_upstream.requests
 
 
-def test_fetch_timeout_and_byte_cap(start_gateway, recording_upstream, image_host):
-    g = _gateway(start_gateway, recording_upstream, image_host, fetch_timeout_ms=300, max_fetch_bytes=100_000)
+def test_fetch_timeout(start_gateway, recording_upstream, image_host):
+    g = _gateway(start_gateway, recording_upstream, image_host, fetch_timeout_ms=300)
     c = make_client(g.base_url)
     release = threading.Event()
     try:
         slow = image_host.add("/slow.png", body=png(8, 8), hold=release)
         e = bad_request(c, messages=user(image_part(slow)))
         assert e.code == "invalid_image_url" and "300 ms" in msg(e), msg(e)
-        big = image_host.add("/big.jpg", body=PHOTO_2560x1920.read_bytes())
-        e = bad_request(c, messages=user(image_part(big)))
-        assert e.code == "invalid_image_url" and "100000 bytes" in msg(e), msg(e)
     finally:
         release.set()
         c.close()
+
+
+def test_fetch_byte_cap(start_gateway, recording_upstream, image_host):
+    g = _gateway(start_gateway, recording_upstream, image_host, max_fetch_bytes=100_000)
+    c = make_client(g.base_url)
+    try:
+        big = image_host.add("/big.jpg", body=PHOTO_2560x1920.read_bytes())
+        e = bad_request(c, messages=user(image_part(big)))
+        assert e.code == "invalid_image_url" and "100000 bytes" in msg(e), msg(e)
+        chunked = image_host.add("/chunked", endless=True)
+        e = bad_request(c, messages=user(image_part(chunked)))
+        assert e.code == "invalid_image_url" and "100000 bytes" in msg(e), msg(e)
+    finally:
+        c.close()
+
+
+def test_media_urls_the_upstream_would_fetch_are_refused(client, recording_upstream):
+    for kind in ("video_url", "audio_url"):
+        e = bad_request(client, messages=[{"role": "user", "content": [{"type": kind, kind: {"url": "http://169.254.169.254/"}}]}])
+        assert e.code == "invalid_request" and e.param == "messages", msg(e)
+    # `input_image` parts are images: counted and inlined like image_url parts.
+    e = bad_request(
+        client,
+        model="two-images",
+        messages=[{"role": "user", "content": [{"type": "input_image", "image_url": "http://169.254.169.254/"}] * 3}],
+    )
+    assert e.code == "too_many_images"
+    assert not recording_upstream.requests
 
 
 # --- the fetcher cannot be turned against its host --------------------------------------------
@@ -476,7 +501,7 @@ def test_inspect_reports_without_calling_the_upstream(gw, image_host, recording_
     assert first["original"]["width"] == 2560 and first["sent"]["width"] == 1024
     assert first["tokens"] == 48 * 65
     assert second == {
-        "index": 1,
+        "index": 2,
         "at": "messages[0].content[2]",
         "source": "data_uri",
         "original": {"format": "png", "width": 100, "height": 50, "bytes": len(small)},
@@ -487,6 +512,7 @@ def test_inspect_reports_without_calling_the_upstream(gw, image_host, recording_
         "error": None,
     }
     t = report["tokens"]
+    assert report["images"][0]["index"] == 1
     assert t["total"] == t["text"] + 48 * 65 + 32 + 100 and t["max_tokens"] == 100
     assert not recording_upstream.requests
 
