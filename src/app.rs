@@ -13,7 +13,7 @@ use crate::config::{Config, MetricsExport};
 use crate::health::Readiness;
 use crate::images::pipeline::ImagePipeline;
 use crate::inspect::Inspect;
-use crate::layer::checkpoint::CheckpointLayer;
+use crate::layer::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::layer::context_budget::ContextBudget;
 use crate::layer::count_images::CountImages;
 use crate::layer::error_response::{ErrorResponse, ErrorResponseLayer};
@@ -55,39 +55,38 @@ pub fn build(config: &Config) -> Result<App, UpstreamBuildError> {
     };
 
     let images = Arc::new(ImagePipeline::new(&config.images));
-    let chat = ServiceBuilder::new()
-        // 6. Bounded body read: nothing unbounded is read before this.
-        .layer(CheckpointLayer(ReadBody {
-            max_bytes: config.server.max_body_bytes.get(),
-            timeout: config.server.body_read_timeout,
-        }))
-        // 7. Cheap JSON checks before any costly work.
-        .layer(CheckpointLayer(ParseChat))
+    let read_body = ReadBody {
+        max_bytes: config.server.max_body_bytes.get(),
+        timeout: config.server.body_read_timeout,
+    };
+    let resolve_model = ResolveModel {
+        models: models.clone(),
+    };
+    // The chat checkpoints, in order, joined into one layer (`Checkpoint::then`).
+    // 6. Bounded body read: nothing unbounded is read before this.
+    // 7. Cheap JSON checks before any costly work.
+    let checks = read_body
+        .then(ParseChat)
         // 8. Route (404 for unknown models) and plan the `model` rewrite.
-        .layer(CheckpointLayer(ResolveModel {
-            models: models.clone(),
-        }))
+        .then(resolve_model.clone())
         // 9. Image count, before any image work.
-        .layer(CheckpointLayer(CountImages))
+        .then(CountImages)
         // 10. Fetch, check and downscale images; inline them.
-        .layer(CheckpointLayer(PrepareImages {
+        .then(PrepareImages {
             pipeline: images.clone(),
-        }))
+        })
         // 11. Context budget, on the final image sizes.
-        .layer(CheckpointLayer(ContextBudget))
+        .then(ContextBudget);
+    let chat = ServiceBuilder::new()
+        .layer(CheckpointLayer(checks))
         // 12. Upstream.
         .service(Forward);
     let chat: BoxCloneService<Request<Incoming>, Response<ResponseBody>, _> = chat.boxed_clone();
 
     let inspect = ServiceBuilder::new()
-        .layer(CheckpointLayer(ReadBody {
-            max_bytes: config.server.max_body_bytes.get(),
-            timeout: config.server.body_read_timeout,
-        }))
-        .layer(CheckpointLayer(ParseChat))
-        .layer(CheckpointLayer(ResolveModel {
-            models: models.clone(),
-        }))
+        .layer(CheckpointLayer(
+            read_body.then(ParseChat).then(resolve_model),
+        ))
         // The same checks as the chat stack, reported instead of enforced (inspect.rs).
         .service(Inspect {
             pipeline: images.clone(),

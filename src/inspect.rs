@@ -128,7 +128,7 @@ async fn inspect(
         },
     };
     // Malformed messages are a plain 400, as on the chat route; too many images is a verdict.
-    let scan = match CountImages::scan(&chat) {
+    let scan = match CountImages::scan(&chat, true) {
         Ok(scan) => scan,
         Err(e @ GatewayError::TooManyImages { count, .. }) => {
             report.accepted = false;

@@ -68,6 +68,16 @@ struct ImageUrlView<'a> {
     url: &'a RawValue,
 }
 
+/// False only when the messages' bytes cannot hold a media part: no `_url"` key or type
+/// (`image_url`, `video_url`, `audio_url`), no `"input_image"`, and no `\u` escape (which
+/// could spell either). A cheap byte search that lets a request without images skip the walk.
+pub fn might_carry_media(messages: &[u8]) -> bool {
+    use memchr::memmem;
+    memmem::find(messages, b"_url\"").is_some()
+        || memmem::find(messages, b"\"input_image\"").is_some()
+        || memmem::find(messages, b"\\u").is_some()
+}
+
 fn shape(expected: &'static str) -> GatewayError {
     GatewayError::InvalidField {
         field: "messages",
@@ -224,6 +234,26 @@ mod tests {
             Some("https://a/x.png")
         );
         assert!(s.text_tokens > 0);
+    }
+
+    #[test]
+    fn only_bytes_without_media_markers_skip_the_walk() {
+        for (m, media) in [
+            (
+                r#"[{"role":"user","content":"what is in this image?"}]"#,
+                false,
+            ),
+            (
+                r#"[{"role":"user","content":[{"type":"text","text":"an image url"}]}]"#,
+                false,
+            ),
+            (r#"[{"type":"image_url","image_url":{"url":"x"}}]"#, true),
+            (r#"[{"type":"video_url"}]"#, true),
+            (r#"[{"type":"input_image"}]"#, true),
+            (r#"[{"type":"image\u005furl"}]"#, true),
+        ] {
+            assert_eq!(might_carry_media(m.as_bytes()), media, "{m}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 # warm-up the counters are reset, exactly 2 x N_PER_THREAD requests are sent at c=32, and
 # the total is divided by that number.
 # Usage: bash benches/load/instructions.sh [BIN]   (default: target/release/vision-gateway)
+#        KEEP_PROFILE=/tmp/cg.out bash benches/load/instructions.sh   (keeps the profile)
 # Needs valgrind (Debian package `valgrind`) and wrk (benches/load/run.sh installs it).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -40,4 +41,6 @@ requests=$(awk '/requests in/ {print $1}' <<<"$out")
 # The dump after the reset holds exactly the measured requests.
 total=$(awk '/^(summary|totals):/ {print $2; exit}' "$WORK"/cg.out.* 2>/dev/null || true)
 [ -n "$total" ] || { echo "no callgrind dump found"; ls "$WORK"; exit 1; }
+# KEEP_PROFILE=FILE keeps the dump for `callgrind_annotate --inclusive=yes FILE`.
+[ -n "${KEEP_PROFILE:-}" ] && cp "$(ls "$WORK"/cg.out.* | head -1)" "$KEEP_PROFILE"
 awk -v t="$total" -v r="$requests" 'BEGIN {printf "%d requests, %d instructions, %.0f instructions per request\n", r, t, t / r}'

@@ -2,6 +2,8 @@
 //! a `Request<Out>` or a [`GatewayError`]. It never builds a response (`error_response` does).
 //! [`CheckpointLayer`] puts any checkpoint into the tower stack, so each check is a small
 //! type with its own file and doc, and the type of the request says what has been checked.
+//! Consecutive checkpoints are joined with [`Checkpoint::then`] into one layer: the steps
+//! stay separate types, the request pays for one boxed future instead of one per step.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +25,34 @@ pub trait Checkpoint<In>: Clone + Send + Sync + 'static {
         &self,
         req: Request<In>,
     ) -> impl Future<Output = Result<Request<Self::Out>, GatewayError>> + Send;
+
+    /// This checkpoint, then `next` on what it returns: one checkpoint for the pair, so a
+    /// chain of them costs one boxed future per request, not one per step.
+    fn then<B>(self, next: B) -> Then<Self, B>
+    where
+        Self: Sized,
+        B: Checkpoint<Self::Out>,
+    {
+        Then(self, next)
+    }
+}
+
+/// Two checkpoints in sequence (see [`Checkpoint::then`]).
+#[derive(Debug, Clone)]
+pub struct Then<A, B>(A, B);
+
+impl<In, A, B> Checkpoint<In> for Then<A, B>
+where
+    In: Send + 'static,
+    A: Checkpoint<In>,
+    B: Checkpoint<A::Out>,
+{
+    type Out = B::Out;
+
+    async fn check(&self, req: Request<In>) -> Result<Request<B::Out>, GatewayError> {
+        let checked = self.0.check(req).await?;
+        self.1.check(checked).await
+    }
 }
 
 /// Wraps a service with a checkpoint in front of it.

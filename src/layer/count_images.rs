@@ -16,8 +16,25 @@ use crate::messages;
 pub struct CountImages;
 
 impl CountImages {
-    /// The scan, or the refusal: shared with `/gateway/inspect`.
-    pub fn scan(chat: &ChatRequest) -> Result<messages::MessageScan, GatewayError> {
+    /// The scan, or the refusal: shared with `/gateway/inspect`. `need_text`: the text
+    /// estimate is wanted even if the route has no context window (inspect reports it).
+    pub fn scan(
+        chat: &ChatRequest,
+        need_text: bool,
+    ) -> Result<messages::MessageScan, GatewayError> {
+        let need_text = need_text || chat.route.config.context_window.is_some();
+        let span = chat.parsed.messages_span.clone();
+        // The common case on a route without a budget: no media parts at all. Walking the
+        // messages again would cost more than the rest of the gateway's work on the request.
+        if !need_text
+            && !chat
+                .parsed
+                .raw
+                .get(span.clone())
+                .is_some_and(messages::might_carry_media)
+        {
+            return Ok(messages::MessageScan::default());
+        }
         let scan = messages::scan(
             &chat.parsed.raw,
             chat.parsed.messages_span.clone(),
@@ -40,7 +57,7 @@ impl Checkpoint<ChatRequest> for CountImages {
 
     async fn check(&self, req: Request<ChatRequest>) -> Result<Request<ScannedChat>, GatewayError> {
         let (parts, chat) = req.into_parts();
-        let scan = Self::scan(&chat)?;
+        let scan = Self::scan(&chat, false)?;
         Ok(Request::from_parts(parts, ScannedChat { chat, scan }))
     }
 }

@@ -17,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use http::Request;
 use http_body::Body;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 
 use super::checkpoint::Checkpoint;
 use crate::context::RequestContext;
@@ -44,14 +45,10 @@ enum Read {
     Broken,
 }
 
-impl<B> Checkpoint<B> for ReadBody
-where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl Checkpoint<Incoming> for ReadBody {
     type Out = Bytes;
 
-    async fn check(&self, req: Request<B>) -> Result<Request<Bytes>, GatewayError> {
+    async fn check(&self, req: Request<Incoming>) -> Result<Request<Bytes>, GatewayError> {
         let too_large = GatewayError::BodyTooLarge {
             limit: self.max_bytes,
         };
