@@ -228,10 +228,13 @@ impl ImagePipeline {
         span: std::ops::Range<usize>,
         target: Target,
     ) -> Result<SentImage, Arc<ImageFailure>> {
-        let probe_body = body.clone();
-        let url = image_url(&probe_body, &span).map_err(|_| Arc::new(ImageFailure::Worker))?;
-        if data_uri::is_data_uri(&url) {
-            drop(url);
+        // Decide from the raw JSON whether this is a data URI, without decoding the string:
+        // a data URI can be as large as the body, and all work on it belongs off the executor.
+        let raw_is_data = body
+            .get(span.start..)
+            .and_then(|raw| raw.get(1..6))
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"data:"));
+        if raw_is_data {
             // Base64, the header probe and hashing are CPU work on up to max_body_bytes.
             let first = self
                 .blocking(move || {
@@ -268,6 +271,8 @@ impl ImagePipeline {
                 cached,
             });
         }
+        // A URL (or a data URI spelled with JSON escapes, which the URL parser refuses).
+        let url = image_url(&body, &span).map_err(|_| Arc::new(ImageFailure::Worker))?;
         let url = parse_image_url(&url).map_err(|e| Arc::new(e.into()))?;
         let mut key_url = url.clone();
         key_url.set_fragment(None);
