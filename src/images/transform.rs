@@ -177,8 +177,27 @@ fn is_animated(format: ImageFormat, data: &[u8]) -> bool {
         ImageFormat::WebP => {
             data.get(12..16) == Some(b"VP8X") && data.get(20).is_some_and(|f| f & 0x02 != 0)
         }
-        ImageFormat::Jpeg | ImageFormat::Png => false,
+        ImageFormat::Png => png_has_animation_control(data),
+        ImageFormat::Jpeg => false,
     }
+}
+
+/// An APNG announces itself with an `acTL` chunk before the first `IDAT`; walks chunk headers
+/// only (one hop per chunk), never inflating anything.
+fn png_has_animation_control(data: &[u8]) -> bool {
+    let mut pos: usize = 8;
+    while let Some(header) = data.get(pos..pos.saturating_add(8)) {
+        let len = usize::try_from(u32::from_be_bytes([
+            header[0], header[1], header[2], header[3],
+        ]))
+        .unwrap_or(usize::MAX);
+        match &header[4..8] {
+            b"acTL" => return true,
+            b"IDAT" | b"IEND" => return false,
+            _ => pos = pos.saturating_add(12).saturating_add(len),
+        }
+    }
+    false
 }
 
 /// Walks GIF blocks (skipping sub-blocks, never decoding) until a second image descriptor or
@@ -1064,6 +1083,25 @@ mod tests {
         assert_output(&p, ImageFormat::Jpeg, 40, 30);
         let px = decode(&p.bytes).to_rgb8().get_pixel(20, 15).0;
         assert!(px[0] > 240 && px[2] < 15, "{px:?}");
+    }
+
+    #[test]
+    fn an_apng_is_animated_and_a_plain_png_is_not() {
+        let plain = png(&DynamicImage::ImageRgb8(image::RgbImage::new(8, 8)));
+        assert!(!is_animated(ImageFormat::Png, &plain));
+        // Insert an acTL chunk (2 frames, loop forever) right after IHDR: an APNG header.
+        let mut apng = plain[..33].to_vec();
+        let body = [0, 0, 0, 2, 0, 0, 0, 0];
+        apng.extend_from_slice(&8u32.to_be_bytes());
+        apng.extend_from_slice(b"acTL");
+        apng.extend_from_slice(&body);
+        apng.extend_from_slice(&[0, 0, 0, 0]); // CRC, not checked by the walk
+        apng.extend_from_slice(&plain[33..]);
+        assert!(is_animated(ImageFormat::Png, &apng));
+        assert!(
+            !is_animated(ImageFormat::Png, &plain[..20]),
+            "truncated: no clear yes"
+        );
     }
 
     #[test]
