@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
+use crate::images::pipeline::FailureKind;
 use crate::metrics::UpstreamErrorKind;
 
 /// Facts about one request. Cheap to share: layers hold `Arc<RequestContext>`.
@@ -35,6 +36,8 @@ pub struct RequestContext {
     pub images: OnceLock<ImageFacts>,
     /// The prompt estimate (text + images) once the budget was counted.
     pub prompt_tokens: OnceLock<u64>,
+    /// Why the image step refused the request, if it did.
+    pub image_failure: OnceLock<FailureKind>,
 }
 
 /// What happened to a request's images: counts by outcome and the time the step took.
@@ -73,6 +76,7 @@ impl RequestContext {
             upstream_error: OnceLock::new(),
             images: OnceLock::new(),
             prompt_tokens: OnceLock::new(),
+            image_failure: OnceLock::new(),
         })
     }
 

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::fmt::Write as _;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+
+use crate::images::pipeline::FailureKind;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -140,6 +142,26 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub images: Family<ImageLabels, Counter>,
     pub image_step: Histogram,
+    pub image_refusals: Family<ImageRefusalLabels, Counter>,
+}
+
+/// Why the image step refused a request (bounded: three values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ImageRefusal(pub FailureKind);
+
+impl EncodeLabelValue for ImageRefusal {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(match self.0 {
+            FailureKind::Url => "invalid_image_url",
+            FailureKind::Image => "invalid_image",
+            FailureKind::Gateway => "image_processing_failed",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ImageRefusalLabels {
+    pub code: ImageRefusal,
 }
 
 /// What happened to an image (bounded: four values).
@@ -234,6 +256,12 @@ impl Metrics {
             "Time a request with images spent fetching, checking and downscaling them",
             image_step.clone(),
         );
+        let image_refusals = Family::<ImageRefusalLabels, Counter>::default();
+        registry.register(
+            "image_refusals",
+            "Requests the image step refused, by error code (the first failing image decides)",
+            image_refusals.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -250,6 +278,7 @@ impl Metrics {
             upstream_errors,
             images,
             image_step,
+            image_refusals,
         }
     }
 

@@ -84,7 +84,7 @@ pub enum ImageFailure {
 }
 
 /// Whose problem a failed image is, which decides status and code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureKind {
     /// The URL could not be used: 400 `invalid_image_url`.
     Url,

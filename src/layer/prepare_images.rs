@@ -67,8 +67,13 @@ impl Checkpoint<ScannedChat> for PrepareImages {
                     Collect::UntilFailure,
                 )
                 .await;
-            let sent = Self::first_failure(&scan.images, results)?;
-            if let Some(ctx) = parts.extensions.get::<Arc<RequestContext>>() {
+            let ctx = parts.extensions.get::<Arc<RequestContext>>();
+            let sent = Self::first_failure(&scan.images, results).inspect_err(|e| {
+                if let (Some(ctx), GatewayError::Image { failure, .. }) = (ctx, e) {
+                    let _ = ctx.image_failure.set(failure.kind());
+                }
+            })?;
+            if let Some(ctx) = ctx {
                 let _ = ctx.images.set(facts(&sent, started.elapsed()));
             }
             for (image, s) in scan.images.iter().zip(&sent) {

@@ -25,8 +25,8 @@ use tracing::Instrument;
 use crate::context::RequestContext;
 use crate::error::bounded;
 use crate::metrics::{
-    ImageLabels, ImageOutcome, Metrics, RequestLabels, Route, RouteLabels, UpstreamErrorLabels,
-    UpstreamLabels,
+    ImageLabels, ImageOutcome, ImageRefusal, ImageRefusalLabels, Metrics, RequestLabels, Route,
+    RouteLabels, UpstreamErrorLabels, UpstreamLabels,
 };
 
 /// Adds [`Telemetry`] to a stack. `metrics: None` turns metrics off (logs stay).
@@ -240,6 +240,13 @@ fn record_metrics(m: &Metrics, r: &Record) {
             }
         }
         m.image_step.observe(images.took.as_secs_f64());
+    }
+    if let Some(kind) = ctx.image_failure.get() {
+        m.image_refusals
+            .get_or_create(&ImageRefusalLabels {
+                code: ImageRefusal(*kind),
+            })
+            .inc();
     }
     m.request_duration
         .get_or_create(&RouteLabels { route: r.route })

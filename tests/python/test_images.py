@@ -545,3 +545,16 @@ def test_bombs_and_endless_bodies_leave_memory_bounded(gw, client, image_host):
             assert e.code in ("invalid_image", "invalid_image_url"), msg(e)
     peak = peak_rss_mb(gw.proc.pid)
     assert peak < 200, f"the gateway's peak RSS grew to {peak:.0f} MB"
+
+
+def test_image_outcomes_are_in_the_metrics_and_the_access_log(gw, client, image_host):
+    small = data_uri(png(8, 8), "image/png")
+    client.chat.completions.create(model=MODEL, messages=user(image_part(small), image_part(data_uri(jpeg(2000, 1500)))))
+    e = bad_request(client, messages=user(image_part("http://10.0.0.1/x.png")))
+    assert e.code == "invalid_image_url"
+    metrics = httpx2.get(f"{gw.url}/metrics").text
+    assert 'vision_gateway_images_total{outcome="unchanged"} 1' in metrics, metrics
+    assert 'vision_gateway_images_total{outcome="processed"} 1' in metrics
+    assert 'vision_gateway_image_refusals_total{code="invalid_image_url"} 1' in metrics
+    line = gw.wait_for_event(lambda ev: ev.get("images") == 2, timeout=5)
+    assert line is not None and line["images_processed"] == 1 and line["prompt_tokens"] > 0, line
