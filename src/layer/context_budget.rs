@@ -55,8 +55,16 @@ impl Checkpoint<VisionChat> for ContextBudget {
     async fn check(&self, req: Request<VisionChat>) -> Result<Request<ReadyChat>, GatewayError> {
         let (parts, vision) = req.into_parts();
         let tokens = Self::count(&vision);
-        if let Some(ctx) = parts.extensions.get::<Arc<RequestContext>>() {
-            let _ = ctx.prompt_tokens.set(tokens.text + tokens.images);
+        // Without a window and without images the text was not counted (`CountImages` skips
+        // the walk): log no estimate rather than a zero.
+        let counted =
+            vision.chat.route.config.context_window.is_some() || !vision.images.is_empty();
+        if let Some(ctx) = parts.extensions.get::<Arc<RequestContext>>()
+            && counted
+        {
+            let _ = ctx
+                .prompt_tokens
+                .set(tokens.text.saturating_add(tokens.images));
         }
         Self::check(&vision, tokens)?;
         Ok(Request::from_parts(
