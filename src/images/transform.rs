@@ -119,7 +119,7 @@ pub fn prepare(input: Bytes, target: &Target) -> Result<Prepared, ImageError> {
     }
     let size = fit(original.width, original.height, target.max_edge);
     let downscale = size != (original.width, original.height);
-    if !downscale && !is_animated(original.format, &input) {
+    if !downscale && !is_animated(original.format, &input) && !is_bloated(input.len(), pixels) {
         return Ok(Prepared {
             bytes: input,
             format: original.format,
@@ -166,6 +166,14 @@ pub fn fit(w: u32, h: u32, max_edge: u32) -> (u32, u32) {
     } else {
         (scale(w), max_edge)
     }
+}
+
+/// More bytes than even uncompressed RGBA pixels would need (plus room for ordinary
+/// metadata): the rest is ancillary chunks or trailing junk, which is re-encoded away
+/// rather than inlined and sent upstream (a 1x1 PNG must not carry 20 MB of text).
+fn is_bloated(bytes: usize, pixels: u64) -> bool {
+    let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+    bytes > pixels.saturating_mul(4).saturating_add(256 * 1024)
 }
 
 /// Whether a format providers take as is holds more than one frame. Only a clear "yes" counts:
@@ -1101,6 +1109,20 @@ mod tests {
         assert!(
             !is_animated(ImageFormat::Png, &plain[..20]),
             "truncated: no clear yes"
+        );
+    }
+
+    #[test]
+    fn a_small_image_padded_with_junk_is_reencoded_not_passed_on() {
+        let mut padded = png(&DynamicImage::ImageRgb8(image::RgbImage::new(8, 8))).to_vec();
+        padded.extend(std::iter::repeat_n(0u8, 300 * 1024)); // after IEND: junk
+        let p = prepare(Bytes::from(padded), &target(1024)).unwrap();
+        assert_eq!(p.action, Action::Reencoded);
+        assert!(p.bytes.len() < 10_000, "{} bytes", p.bytes.len());
+        assert!(is_bloated(300 * 1024, 8 * 8));
+        assert!(
+            !is_bloated(3_000_000, 1024 * 1024),
+            "a big but honest photo"
         );
     }
 
