@@ -16,6 +16,7 @@ use tower::{Service, ServiceExt};
 use crate::body::ResponseBody;
 use crate::error::{GatewayError, bounded};
 use crate::health::{Readiness, ReadyState};
+use crate::keys::{Caller, KeyTable};
 use crate::metrics::Metrics;
 use crate::models::ModelTable;
 
@@ -29,6 +30,8 @@ pub struct Router {
     /// `POST /gateway/inspect`: the chat checks without the upstream.
     pub inspect: ChatService,
     pub models: Arc<ModelTable>,
+    /// Who may list which models (`/v1/models` is per key when keys exist).
+    pub keys: Arc<KeyTable>,
     pub readiness: Readiness,
     /// `Some` when `/metrics` is served on this listener.
     pub metrics: Option<Arc<Metrics>>,
@@ -63,9 +66,15 @@ impl Service<Request<Incoming>> for Router {
                 }
                 Err(wrong_method(path, method, "POST"))
             }
-            "/v1/models" => {
-                get_only(path, method).map(|()| json(StatusCode::OK, self.models.list_json()))
-            }
+            "/v1/models" => get_only(path, method)
+                .and_then(|()| self.keys.authenticate(req.headers()))
+                .map(|caller| {
+                    let body = match caller {
+                        Some(Caller(key)) => key.models_json.clone(),
+                        None => self.models.list_json(),
+                    };
+                    json(StatusCode::OK, body)
+                }),
             "/healthz" => get_only(path, method)
                 .map(|()| json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))),
             "/readyz" => get_only(path, method).and_then(|()| match self.readiness.state() {
@@ -86,6 +95,14 @@ impl Service<Request<Incoming>> for Router {
             _ => match path.strip_prefix("/v1/models/") {
                 Some(id) => get_only(path, method).and_then(|()| {
                     let id = percent_decode(id);
+                    if let Some(Caller(key)) = self.keys.authenticate(req.headers())?
+                        && !key.models.allows(&id)
+                    {
+                        return Err(GatewayError::ModelNotPermitted {
+                            key: key.name.clone(),
+                            model: bounded(&id),
+                        });
+                    }
                     self.models
                         .model_json(&id)
                         .map(|b| json(StatusCode::OK, b))

@@ -30,14 +30,18 @@
 //!    exceed the model's `context_window`; `VisionChat` → `ReadyChat`.
 //! 12. `upstream::forward::Forward`: sends upstream; 502 / 504; streams the answer back.
 
+pub mod admission;
 pub mod checkpoint;
 pub mod context_budget;
 pub mod count_images;
 pub mod error_response;
 pub mod head;
 pub mod parse_chat;
+pub mod permit_model;
 pub mod prepare_images;
+pub mod rate_limit_headers;
 pub mod read_body;
 pub mod request_id;
 pub mod resolve_model;
 pub mod telemetry;
+pub mod token_limit;
