@@ -78,31 +78,31 @@ pub fn build(config: &Config) -> Result<App, BuildError> {
     let resolve_model = ResolveModel {
         models: models.clone(),
     };
-    // 6. Admission, before the body is read: key (401), in-flight caps (503, 429),
-    //    requests per minute (429). Holds its slots until the response body ends.
+    // Admission (below) first, before the body is read: key (401), in-flight caps (503,
+    // 429), requests per minute (429). Holds its slots until the response body ends.
     // The chat checkpoints, in order, joined into one layer (`Checkpoint::then`).
-    // 7. Bounded body read: nothing unbounded is read before this.
-    // 8. Cheap JSON checks before any costly work.
+    // 6. Bounded body read: nothing unbounded is read before this.
+    // 7. Cheap JSON checks before any costly work.
     let checks = read_body
         .then(ParseChat)
-        // 9. Route (404 for unknown models) and plan the `model` rewrite.
+        // 8. Route (404 for unknown models) and plan the `model` rewrite.
         .then(resolve_model.clone())
-        // 10. The key's model list (403).
+        // The key's model list (403).
         .then(PermitModel)
-        // 11. Image count, before any image work.
+        // 9. Image count, before any image work.
         .then(CountImages)
-        // 12. Fetch, check and downscale images; inline them.
+        // 10. Fetch, check and downscale images; inline them.
         .then(PrepareImages {
             pipeline: images.clone(),
         })
-        // 13. Context budget, on the final image sizes.
+        // 11. Context budget, on the final image sizes.
         .then(ContextBudget)
-        // 14. Tokens per minute, charged with the same count.
+        // Tokens per minute, charged with the same count.
         .then(TokenLimit { keys: keys.clone() });
     let chat = Admission {
         gate: gate.clone(),
         charge_requests: true,
-        // 15. Upstream.
+        // 12. Upstream.
         inner: ServiceBuilder::new()
             .layer(CheckpointLayer(checks))
             .service(Forward),

@@ -1122,6 +1122,13 @@ mod tests {
         for u in &mut raw.upstreams {
             u.api_key_env = None;
         }
+        // Its keys name TEAM_A_KEY; stand in a digest for the variable.
+        assert!(raw.keys.iter().any(|k| k.key_env.is_some()));
+        for k in &mut raw.keys {
+            if k.key_env.take().is_some() {
+                k.sha256 = Some("ab".repeat(32));
+            }
+        }
         let cfg = Config::from_raw(&raw, None);
         assert!(cfg.is_ok(), "{cfg:?}");
     }
@@ -1224,6 +1231,81 @@ mod tests {
             let e = err_of(text);
             assert!(e.contains(key), "expected `{key}` in: {e}");
         }
+    }
+
+    #[test]
+    fn key_and_limit_mistakes_name_their_key() {
+        let base = "[[upstreams]]\nname = \"a\"\nbase_url = \"http://x\"\n[[models]]\nid = \"m\"\nupstream = \"a\"\n";
+        let digest = "ab".repeat(32);
+        let cases = [
+            ("[[keys]]\nname = \"k\"\n".to_owned(), "keys[0].key_env"),
+            (
+                format!("[[keys]]\nname = \"k\"\nsha256 = \"{digest}\"\nkey_env = \"X\"\n"),
+                "keys[0].key_env",
+            ),
+            (
+                "[[keys]]\nname = \"k\"\nsha256 = \"abc\"\n".to_owned(),
+                "keys[0].sha256",
+            ),
+            (
+                "[[keys]]\nname = \"k\"\nkey_env = \"VG_TEST_SURELY_UNSET_VAR\"\n".to_owned(),
+                "VG_TEST_SURELY_UNSET_VAR",
+            ),
+            (
+                format!("[[keys]]\nname = \"k\"\nsha256 = \"{digest}\"\nmodels = [\"nope\"]\n"),
+                "keys[0].models[0]",
+            ),
+            (
+                format!("[[keys]]\nname = \"k\"\nsha256 = \"{digest}\"\nrequests_per_minute = 0\n"),
+                "keys[0].requests_per_minute",
+            ),
+            (
+                format!(
+                    "[[keys]]\nname = \"k\"\nsha256 = \"{digest}\"\n[[keys]]\nname = \"k\"\nsha256 = \"{}\"\n",
+                    "cd".repeat(32)
+                ),
+                "keys[1].name",
+            ),
+            (
+                format!(
+                    "[[keys]]\nname = \"k\"\nsha256 = \"{digest}\"\n[[keys]]\nname = \"j\"\nsha256 = \"{digest}\"\n"
+                ),
+                "keys[1].name",
+            ),
+            (
+                "[rate_limits]\nbackend = \"etcd\"\n".to_owned(),
+                "rate_limits.backend",
+            ),
+            (
+                "[rate_limits]\nbackend = \"redis\"\nredis_url = \"http://x\"\n".to_owned(),
+                "rate_limits.redis_url",
+            ),
+            (
+                "[rate_limits]\non_backend_error = \"maybe\"\n".to_owned(),
+                "rate_limits.on_backend_error",
+            ),
+            (
+                "[server]\nmax_concurrent_requests = 0\n".to_owned(),
+                "server.max_concurrent_requests",
+            ),
+        ];
+        for (extra, key) in cases {
+            let e = err_of(&format!("{extra}{base}"));
+            assert!(e.contains(key), "expected `{key}` in: {e}");
+        }
+    }
+
+    #[test]
+    fn a_redis_password_is_not_printed() {
+        let raw = RawConfig::from_toml(
+            "[rate_limits]\nbackend = \"redis\"\nredis_url = \"redis://:hunter2@127.0.0.1:6379/0\"\n",
+        );
+        let Ok(raw) = raw else { panic!("{raw:?}") };
+        let shown = raw.to_toml();
+        assert!(
+            !shown.contains("hunter2") && shown.contains("REDACTED"),
+            "{shown}"
+        );
     }
 
     #[test]
