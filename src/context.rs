@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 
 use crate::images::pipeline::FailureKind;
+use crate::keys::ApiKey;
 use crate::limits::{LimitKind, LimitState};
 use crate::metrics::UpstreamErrorKind;
 
@@ -39,8 +40,8 @@ pub struct RequestContext {
     pub prompt_tokens: OnceLock<u64>,
     /// Why the image step refused the request, if it did.
     pub image_failure: OnceLock<FailureKind>,
-    /// The gateway key's configured name (never the key), once authenticated.
-    pub key: OnceLock<Arc<str>>,
+    /// The gateway key, once authenticated (logs show its configured name, never the key).
+    pub caller: OnceLock<Arc<ApiKey>>,
     /// The key's request allowance after this request's check (`x-ratelimit-*-requests`).
     pub requests_limit: OnceLock<LimitState>,
     /// The key's token allowance after this request's check (`x-ratelimit-*-tokens`).
@@ -90,7 +91,7 @@ impl RequestContext {
             images: OnceLock::new(),
             prompt_tokens: OnceLock::new(),
             image_failure: OnceLock::new(),
-            key: OnceLock::new(),
+            caller: OnceLock::new(),
             requests_limit: OnceLock::new(),
             tokens_limit: OnceLock::new(),
             limit_refused: OnceLock::new(),

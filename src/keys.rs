@@ -17,7 +17,7 @@ use crate::config::{Config, KeyConfig, LimitBackend, ModelPermission, OnBackendE
 use crate::error::GatewayError;
 use crate::limits::memory::MemoryLimit;
 use crate::limits::redis::{RedisBackend, RedisLimit};
-use crate::limits::{Limit, LimitKind};
+use crate::limits::{Limit, LimitKind, Store};
 use crate::models::ModelTable;
 
 /// One configured key.
@@ -70,10 +70,13 @@ impl KeyTable {
             _ => None,
         };
         let limit = |k: &KeyConfig, kind: LimitKind, per_minute| match &redis {
-            Some(backend) => {
-                Limit::Redis(RedisLimit::new(backend.clone(), &k.name, kind, per_minute))
-            }
-            None => Limit::Memory(MemoryLimit::new(per_minute)),
+            Some(backend) => Limit::new(Store::Redis(RedisLimit::new(
+                backend.clone(),
+                &k.name,
+                kind,
+                per_minute,
+            ))),
+            None => Limit::new(Store::Memory(MemoryLimit::new(per_minute))),
         };
         let keys = config
             .keys

@@ -98,7 +98,7 @@ where
                 req.headers_mut().remove(header::AUTHORIZATION);
                 let ctx = req.extensions().get::<Arc<RequestContext>>().cloned();
                 if let Some(ctx) = &ctx {
-                    let _ = ctx.key.set(key.name.clone());
+                    let _ = ctx.caller.set(key.clone());
                 }
                 if let Some((slots, max)) = &key.concurrency {
                     key_slot = Some(slots.clone().try_acquire_owned().map_err(|_| {

@@ -5,7 +5,7 @@
 //!    per-request context; stamps the id on every response. Outermost, so even errors and
 //!    the access log carry it.
 //! - [`rate_limit_headers`]: `x-ratelimit-*` on every response to a key whose limits were
-//!    checked (only built when `[[keys]]` exist), errors included.
+//!   checked (only built when `[[keys]]` exist), errors included.
 //! 2. [`telemetry`]: the access-log line and the request metrics, recorded once when the
 //!    response body ends, from the facts inner layers left in the request context. Wraps the
 //!    body, never copies it.

@@ -1,14 +1,16 @@
 //! Stamps OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` on every
-//! response to a key whose limits were checked, errors included (a 429 says how far over
-//! the key is). The values are the states the checks left in the request context.
-//! Built only when `[[keys]]` exist; an open gateway does not pay for it.
+//! response to a key with limits, errors included (a 429 says how far over the key is), on
+//! every route it authenticated on. The values are the states this request's checks left in
+//! the request context; for a limit the request did not reach (refused earlier, or a route
+//! that is not charged) the key's current state, uncharged (`Limit::peek`). An upstream's
+//! own 429 keeps its own headers. Built only when `[[keys]]` exist.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use crate::context::RequestContext;
@@ -90,13 +92,26 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut res = ready!(self.inner.as_mut().poll(cx));
-        if let (Ok(res), Some(ctx)) = (&mut res, self.ctx.take()) {
+        if let (Ok(res), Some(ctx)) = (&mut res, self.ctx.take())
+            && let Some(key) = ctx.caller.get()
+            // An upstream's own 429 passes with its own headers: its limit is the one hit.
+            && !(res.status() == StatusCode::TOO_MANY_REQUESTS
+                && ctx.upstream_headers.get().is_some())
+        {
             let h = res.headers_mut();
-            if let Some(s) = ctx.requests_limit.get() {
-                stamp(h, &NAMES[0], s);
-            }
-            if let Some(s) = ctx.tokens_limit.get() {
-                stamp(h, &NAMES[1], s);
+            for (names, checked, limit) in [
+                (&NAMES[0], ctx.requests_limit.get(), &key.requests),
+                (&NAMES[1], ctx.tokens_limit.get(), &key.tokens),
+            ] {
+                // The state this request's check left, else the key's current state.
+                match (checked, limit) {
+                    (Some(s), _) => stamp(h, names, s),
+                    // Not while the backend is unreachable: nothing is known then.
+                    (None, Some(limit)) if ctx.limit_backend_error.get().is_none() => {
+                        stamp(h, names, &limit.peek());
+                    }
+                    (None, _) => {}
+                }
             }
         }
         Poll::Ready(res)

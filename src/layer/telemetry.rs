@@ -249,7 +249,7 @@ fn record_metrics(m: &Metrics, r: &Record) {
             })
             .inc();
     }
-    if let Some(key) = ctx.key.get() {
+    if let Some(key) = ctx.caller.get() {
         let limit = match (ctx.limit_refused.get(), ctx.concurrency_refused.get()) {
             (Some(LimitKind::Requests), _) => Some(LimitLabel::Requests),
             (Some(LimitKind::Tokens), _) => Some(LimitLabel::Tokens),
@@ -259,7 +259,7 @@ fn record_metrics(m: &Metrics, r: &Record) {
         if let Some(limit) = limit {
             m.rate_limited
                 .get_or_create(&RateLimitedLabels {
-                    key: key.clone(),
+                    key: key.name.clone(),
                     limit,
                 })
                 .inc();
@@ -313,7 +313,7 @@ fn log_line(r: &Record, complete: bool) {
         method = %r.method,
         path = %r.path,
         model = ctx.and_then(|c| c.model.get()).map_or("-", |m| &**m),
-        key = ctx.and_then(|c| c.key.get()).map(|k| &**k),
+        key = ctx.and_then(|c| c.caller.get()).map(|k| &*k.name),
         status = r.status.as_u16(),
         bytes = r.bytes,
         total_ms = ctx.map_or(0.0, |c| c.started.elapsed().as_secs_f64() * 1e3),

@@ -9,7 +9,8 @@ pub mod memory;
 pub mod redis;
 
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::config::OnBackendError;
 use crate::context::RequestContext;
@@ -59,27 +60,74 @@ pub enum Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendError;
 
-/// One per-minute allowance of one key.
+/// Where a limit's state is kept.
 #[derive(Debug)]
-pub enum Limit {
+pub enum Store {
     Memory(memory::MemoryLimit),
     Redis(redis::RedisLimit),
 }
 
+/// One per-minute allowance of one key.
+#[derive(Debug)]
+pub struct Limit {
+    store: Store,
+    /// The state the last check of this process saw, and when: what [`Limit::peek`]
+    /// extrapolates for responses this limit did not check.
+    last: Mutex<Option<(LimitState, Instant)>>,
+}
+
 impl Limit {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            last: Mutex::new(None),
+        }
+    }
+
     /// The allowance per minute.
     pub fn per_minute(&self) -> NonZeroU32 {
-        match self {
-            Self::Memory(l) => l.per_minute(),
-            Self::Redis(l) => l.per_minute(),
+        match &self.store {
+            Store::Memory(l) => l.per_minute(),
+            Store::Redis(l) => l.per_minute(),
         }
     }
 
     /// Charges `cost` (at most [`Self::per_minute`]) if it fits now.
     pub async fn check(&self, cost: NonZeroU32) -> Result<Verdict, BackendError> {
-        match self {
-            Self::Memory(l) => Ok(l.check(cost)),
-            Self::Redis(l) => l.check(cost).await,
+        let verdict = match &self.store {
+            Store::Memory(l) => l.check(cost),
+            Store::Redis(l) => l.check(cost).await?,
+        };
+        let state = match verdict {
+            Verdict::Allowed(s) | Verdict::Refused { state: s, .. } => s,
+        };
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some((state, Instant::now()));
+        }
+        Ok(verdict)
+    }
+
+    /// The state now, without charging anything: the last check's state plus what has come
+    /// back since (GCRA earns back at a constant rate, so this is exact for the memory store
+    /// and this process's view for Redis). For the headers of responses this limit did not
+    /// check (a request refused before the token check, `/v1/models`, inspect).
+    pub fn peek(&self) -> LimitState {
+        let limit = u64::from(self.per_minute().get());
+        let last = self.last.lock().ok().and_then(|l| *l);
+        let Some((state, at)) = last else {
+            return LimitState {
+                limit,
+                remaining: limit,
+                reset: Duration::ZERO,
+            };
+        };
+        let reset = state.reset.saturating_sub(at.elapsed());
+        // Units still missing: the reset time in intervals of 60 s / limit, rounded up.
+        let missing = (reset.as_nanos() * u128::from(limit)).div_ceil(60_000_000_000);
+        LimitState {
+            limit,
+            remaining: limit.saturating_sub(u64::try_from(missing).unwrap_or(u64::MAX)),
+            reset,
         }
     }
 }
@@ -167,6 +215,28 @@ pub fn reset_text(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn peek_reports_without_charging() {
+        let n = |v: u32| NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN);
+        let limit = Limit::new(Store::Memory(memory::MemoryLimit::new(n(600))));
+        let fresh = limit.peek();
+        assert_eq!(
+            (fresh.limit, fresh.remaining, fresh.reset),
+            (600, 600, Duration::ZERO)
+        );
+        assert!(matches!(limit.check(n(300)).await, Ok(Verdict::Allowed(s)) if s.remaining == 300));
+        for _ in 0..3 {
+            let p = limit.peek();
+            // 300 spent; at most a few ms have passed (one unit per 100 ms).
+            assert!((300..=301).contains(&p.remaining), "{p:?}");
+            assert!(
+                p.reset <= Duration::from_secs(30) && p.reset > Duration::from_secs(29),
+                "{p:?}"
+            );
+        }
+        assert!(matches!(limit.check(n(300)).await, Ok(Verdict::Allowed(s)) if s.remaining <= 1));
+    }
 
     #[test]
     fn reset_is_written_like_openai() {

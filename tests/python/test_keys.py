@@ -194,6 +194,56 @@ def test_requests_per_minute_then_rate_limit_error_with_headers(start_gateway, u
     assert h["x-ratelimit-reset-requests"] == "1m0s" or h["x-ratelimit-reset-requests"].endswith("s")
 
 
+def test_every_response_to_a_limited_key_carries_both_trios(start_gateway, upstreams, models):
+    g = start_gateway(
+        upstreams,
+        models,
+        keys=[
+            {
+                "name": "team-a",
+                "key_env": "TEAM_A_KEY",
+                "models": [MODEL],
+                "requests_per_minute": 10,
+                "tokens_per_minute": 50000,
+            }
+        ],
+        env={"TEAM_A_KEY": KEY_A},
+    )
+    c = client_for(g, KEY_A)
+    ok = ask(c, max_tokens=1000).http_response.headers
+    spent = 50000 - int(ok["x-ratelimit-remaining-tokens"])
+    assert spent > 1000 and ok["x-ratelimit-remaining-requests"] == "9"
+    # Refused before the token check (403), a route that charges nothing (/v1/models), and a
+    # 400: each still tells the key where it stands, and nothing more was charged.
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        ask(c, model=OTHER_MODEL)
+    responses = [e.value.response.headers]
+    responses.append(c.models.with_raw_response.list().http_response.headers)
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(c, messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}])
+    responses.append(e.value.response.headers)
+    for h in responses:
+        assert h["x-ratelimit-limit-requests"] == "10" and h["x-ratelimit-limit-tokens"] == "50000", h
+        # Tokens come back at 1.2 ms each while the test runs: never more spent than before.
+        assert 50000 - spent <= int(h["x-ratelimit-remaining-tokens"]) <= 50000, (h, spent)
+    assert [h["x-ratelimit-remaining-requests"] for h in responses] == ["8", "8", "7"]
+
+
+def test_an_upstream_429_keeps_its_own_headers(start_gateway, upstreams, models):
+    g = start_gateway(
+        upstreams,
+        models,
+        keys=[{"name": "team-a", "key_env": "TEAM_A_KEY", "requests_per_minute": 5}],
+        env={"TEAM_A_KEY": KEY_A},
+    )
+    with pytest.raises(openai.RateLimitError) as e:
+        ask(client_for(g, KEY_A), extra_body={"mock": {"status": 429}})
+    h = e.value.response.headers
+    assert error_of(e.value)["code"] == "mock_fault"  # the upstream's body
+    assert h["retry-after"] == "7" and h["x-ratelimit-remaining-requests"] == "0", h
+    assert "x-ratelimit-limit-requests" not in h, h
+
+
 def test_the_sdk_waits_for_retry_after_and_does_not_retry_a_request_that_never_fits(
     start_gateway, upstreams, models
 ):
