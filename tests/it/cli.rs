@@ -24,6 +24,7 @@ fn check_config_accepts_the_example_and_never_prints_the_secret() {
     let out = bin()
         .args(["check-config", "--config", example])
         .env("SCW_SECRET_KEY", "sk-super-secret-value")
+        .env("TEAM_A_KEY", "sk-gateway-key-value")
         .output()
         .expect("runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -34,8 +35,11 @@ fn check_config_accepts_the_example_and_never_prints_the_secret() {
     );
     assert!(stdout.contains("name = \"scaleway\""), "{stdout}");
     assert!(stdout.contains("SCW_SECRET_KEY"), "{stdout}");
-    assert!(!stdout.contains("sk-super-secret-value"));
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("sk-super-secret-value"));
+    assert!(stdout.contains("TEAM_A_KEY"), "{stdout}");
+    for secret in ["sk-super-secret-value", "sk-gateway-key-value"] {
+        assert!(!stdout.contains(secret), "{stdout}");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains(secret));
+    }
 }
 
 #[test]
