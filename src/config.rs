@@ -142,6 +142,9 @@ pub struct RawServer {
     /// probes `GET {base_url}/models` to keep it fresh. 0 turns the check off.
     #[serde(default)]
     pub readiness_upstream_window_secs: u64,
+    /// Serve the browser playground at `/playground`.
+    #[serde(default = "default_true")]
+    pub playground: bool,
 }
 
 impl Default for RawServer {
@@ -154,6 +157,7 @@ impl Default for RawServer {
             metrics: true,
             metrics_listen: None,
             readiness_upstream_window_secs: 0,
+            playground: true,
         }
     }
 }
@@ -382,6 +386,8 @@ pub struct ServerConfig {
     pub metrics: MetricsExport,
     /// `None`: readiness does not depend on upstreams.
     pub readiness_upstream_window: Option<Duration>,
+    /// Serve `/playground`.
+    pub playground: bool,
 }
 
 /// Where `/metrics` is served.
@@ -573,6 +579,7 @@ fn validate_server(
         metrics,
         readiness_upstream_window: (raw.readiness_upstream_window_secs > 0)
             .then(|| Duration::from_secs(raw.readiness_upstream_window_secs)),
+        playground: raw.playground,
     })
 }
 
@@ -848,6 +855,7 @@ mod tests {
         assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(cfg.server.max_body_bytes.get(), 33_554_432);
         assert_eq!(cfg.server.shutdown_grace, Duration::from_secs(30));
+        assert!(cfg.server.playground);
         let up = &cfg.upstreams[0];
         assert_eq!(
             up.chat_completions_url.to_string(),
