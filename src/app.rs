@@ -102,6 +102,7 @@ pub fn build(config: &Config) -> Result<App, UpstreamBuildError> {
             MetricsExport::Main => metrics.clone(),
             MetricsExport::Off | MetricsExport::Separate(_) => None,
         },
+        playground: config.server.playground,
     };
     let service = ServiceBuilder::new()
         // 1. Id first, so everything below (including errors) carries it.
