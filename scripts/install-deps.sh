@@ -2,14 +2,16 @@
 # Installs the Debian packages vision-gateway needs, only those missing.
 #   ./scripts/install-deps.sh build   cmake and nasm: the turbojpeg crate builds libjpeg-turbo 3
 #                                     (SIMD) from source; Debian 12 ships only 2.1
-#   ./scripts/install-deps.sh test    build + mate-backgrounds (real photos the image tests use)
+#   ./scripts/install-deps.sh test    build + mate-backgrounds (real photos the image tests use),
+#                                     chromium and fonts-dejavu-core (the playground's browser test
+#                                     drives Debian's Chromium; Playwright downloads no browser)
 # Needs root for apt-get when something is missing; does nothing when all is there.
 set -euo pipefail
 
 want=(cmake nasm)
 case "${1:-build}" in
   build) ;;
-  test) want+=(mate-backgrounds) ;;
+  test) want+=(mate-backgrounds chromium fonts-dejavu-core) ;;
   *) echo "usage: $0 build|test" >&2; exit 2 ;;
 esac
 
