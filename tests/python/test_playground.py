@@ -140,11 +140,23 @@ def page(browser, gw):
     assert not unexpected, unexpected
 
 
-def screenshot(pg: Page, name: str) -> Path:
+_capture = None
+
+
+@pytest.fixture(autouse=True)
+def _capture_manager(pytestconfig):
+    # Screenshot paths go to the terminal even while output is captured (-q runs).
+    global _capture
+    _capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+
+
+def screenshot(pg: Page, name: str, full_page: bool = True) -> Path:
     OUTPUT.mkdir(parents=True, exist_ok=True)
     path = OUTPUT / name
-    pg.screenshot(path=str(path), full_page=True)
-    print(f"screenshot: {path}")
+    pg.screenshot(path=str(path), full_page=full_page)
+    if _capture is not None:
+        with _capture.global_and_fixture_disabled():
+            print(f"\nscreenshot: {path}", flush=True)
     return path
 
 
@@ -207,7 +219,7 @@ def test_a_photo_streams_in_and_the_code_reproduces_the_request(page: Page, gw, 
     assert "temperature=0.2" in python and "max_tokens=300" in python and "stream=True" in python
     assert len(python) < 3000, "no inline base64"
     page.set_viewport_size({"width": 1280, "height": 1000})
-    screenshot(page, "playground-code.png")
+    screenshot(page, "playground-code.png", full_page=False)
 
     # The copy button puts exactly the shown code on the clipboard.
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
