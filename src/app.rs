@@ -13,17 +13,22 @@ use crate::config::{Config, MetricsExport};
 use crate::health::Readiness;
 use crate::images::pipeline::ImagePipeline;
 use crate::inspect::Inspect;
+use crate::keys::{BackendSetupError, KeyTable};
+use crate::layer::admission::{Admission, Gate};
 use crate::layer::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::layer::context_budget::ContextBudget;
 use crate::layer::count_images::CountImages;
 use crate::layer::error_response::{ErrorResponse, ErrorResponseLayer};
 use crate::layer::head::{Head, HeadLayer};
 use crate::layer::parse_chat::ParseChat;
+use crate::layer::permit_model::PermitModel;
 use crate::layer::prepare_images::PrepareImages;
+use crate::layer::rate_limit_headers::{RateLimitHeaders, RateLimitHeadersLayer};
 use crate::layer::read_body::ReadBody;
 use crate::layer::request_id::{RequestId, RequestIdLayer};
 use crate::layer::resolve_model::ResolveModel;
 use crate::layer::telemetry::{Telemetry, TelemetryLayer};
+use crate::layer::token_limit::TokenLimit;
 use crate::metrics::Metrics;
 use crate::models::ModelTable;
 use crate::routes::Router;
@@ -31,7 +36,16 @@ use crate::upstream::UpstreamBuildError;
 use crate::upstream::forward::Forward;
 
 /// The complete service handed to the server.
-pub type GatewayService = RequestId<Telemetry<Head<ErrorResponse<Router>>>>;
+pub type GatewayService = RequestId<RateLimitHeaders<Telemetry<Head<ErrorResponse<Router>>>>>;
+
+/// Why the gateway could not be built from a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamBuildError),
+    #[error(transparent)]
+    Limits(#[from] BackendSetupError),
+}
 
 /// The gateway, built and ready to serve.
 pub struct App {
@@ -43,8 +57,10 @@ pub struct App {
 }
 
 /// Builds the stack from a validated config.
-pub fn build(config: &Config) -> Result<App, UpstreamBuildError> {
+pub fn build(config: &Config) -> Result<App, BuildError> {
     let models = Arc::new(ModelTable::new(config)?);
+    let keys = Arc::new(KeyTable::new(config, &models)?);
+    let gate = Gate::new(keys.clone(), config.server.max_concurrent_requests.get());
     let readiness = match config.server.readiness_upstream_window {
         Some(window) => Readiness::with_upstreams(window, models.upstreams().to_vec()),
         None => Readiness::default(),
@@ -62,6 +78,8 @@ pub fn build(config: &Config) -> Result<App, UpstreamBuildError> {
     let resolve_model = ResolveModel {
         models: models.clone(),
     };
+    // Admission (below) first, before the body is read: key (401), in-flight caps (503,
+    // 429), requests per minute (429). Holds its slots until the response body ends.
     // The chat checkpoints, in order, joined into one layer (`Checkpoint::then`).
     // 6. Bounded body read: nothing unbounded is read before this.
     // 7. Cheap JSON checks before any costly work.
@@ -69,6 +87,8 @@ pub fn build(config: &Config) -> Result<App, UpstreamBuildError> {
         .then(ParseChat)
         // 8. Route (404 for unknown models) and plan the `model` rewrite.
         .then(resolve_model.clone())
+        // The key's model list (403).
+        .then(PermitModel)
         // 9. Image count, before any image work.
         .then(CountImages)
         // 10. Fetch, check and downscale images; inline them.
@@ -76,27 +96,41 @@ pub fn build(config: &Config) -> Result<App, UpstreamBuildError> {
             pipeline: images.clone(),
         })
         // 11. Context budget, on the final image sizes.
-        .then(ContextBudget);
-    let chat = ServiceBuilder::new()
-        .layer(CheckpointLayer(checks))
+        .then(ContextBudget)
+        // Tokens per minute, charged with the same count.
+        .then(TokenLimit { keys: keys.clone() });
+    let chat = Admission {
+        gate: gate.clone(),
+        charge_requests: true,
         // 12. Upstream.
-        .service(Forward);
+        inner: ServiceBuilder::new()
+            .layer(CheckpointLayer(checks))
+            .service(Forward),
+    };
     let chat: BoxCloneService<Request<Incoming>, Response<ResponseBody>, _> = chat.boxed_clone();
 
-    let inspect = ServiceBuilder::new()
-        .layer(CheckpointLayer(
-            read_body.then(ParseChat).then(resolve_model),
-        ))
-        // The same checks as the chat stack, reported instead of enforced (inspect.rs).
-        .service(Inspect {
-            pipeline: images.clone(),
-        })
-        .boxed_clone();
+    let inspect = Admission {
+        gate,
+        charge_requests: false,
+        inner: ServiceBuilder::new()
+            .layer(CheckpointLayer(
+                read_body
+                    .then(ParseChat)
+                    .then(resolve_model)
+                    .then(PermitModel),
+            ))
+            // The same checks as the chat stack, reported instead of enforced (inspect.rs).
+            .service(Inspect {
+                pipeline: images.clone(),
+            }),
+    }
+    .boxed_clone();
 
     let router = Router {
         chat,
         inspect,
         models: models.clone(),
+        keys: keys.clone(),
         readiness: readiness.clone(),
         metrics: match config.server.metrics {
             MetricsExport::Main => metrics.clone(),
@@ -107,6 +141,10 @@ pub fn build(config: &Config) -> Result<App, UpstreamBuildError> {
     let service = ServiceBuilder::new()
         // 1. Id first, so everything below (including errors) carries it.
         .layer(RequestIdLayer)
+        // x-ratelimit-* from the checks' results, on every response to a limited key.
+        .layer(RateLimitHeadersLayer {
+            enabled: !keys.is_open(),
+        })
         // 2. Log line and metrics, once per request, after the body ends.
         .layer(TelemetryLayer {
             metrics: metrics.clone(),

@@ -18,6 +18,7 @@ use http_body_util::Full;
 
 use crate::context::RequestContext;
 use crate::error::GatewayError;
+use crate::layer::admission::InFlight;
 use crate::metrics::UpstreamErrorKind;
 use crate::upstream::UpstreamIncoming;
 
@@ -37,6 +38,18 @@ impl ResponseBody {
     /// A body from owned bytes.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Self::Full(Full::new(bytes.into()))
+    }
+
+    /// Keeps the request's in-flight slots until the upstream body ends (is dropped). A body
+    /// the gateway wrote itself is already complete: the slots are released now.
+    pub fn hold(self, in_flight: InFlight) -> Self {
+        match self {
+            Self::Upstream(mut b) => {
+                b.in_flight = Some(in_flight);
+                Self::Upstream(b)
+            }
+            full @ Self::Full(_) => full,
+        }
     }
 }
 
@@ -101,6 +114,8 @@ pub struct UpstreamBody {
     upstream: Arc<str>,
     /// Where a cut is recorded for the metrics.
     ctx: Option<Arc<RequestContext>>,
+    /// Admission's slots, released when the body is dropped.
+    in_flight: Option<InFlight>,
 }
 
 impl UpstreamBody {
@@ -124,6 +139,7 @@ impl UpstreamBody {
             ready: VecDeque::new(),
             upstream,
             ctx,
+            in_flight: None,
         }
     }
 

@@ -9,9 +9,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 /// Why a configuration was refused. The message always names the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,86 @@ pub struct RawConfig {
     /// Image fetching, decoding limits and the processed-image cache.
     #[serde(default)]
     pub images: RawImages,
+    /// Gateway API keys. None: no gateway authentication.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<RawKey>,
+    /// Where per-key limits are kept.
+    #[serde(default)]
+    pub rate_limits: RawRateLimits,
+}
+
+/// `[[keys]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    /// Shown in logs and metrics; the key itself never is.
+    pub name: String,
+    /// Environment variable holding the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_env: Option<String>,
+    /// Hex SHA-256 of the key, so the file holds no secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Model ids the key may use; `"*"`: all.
+    #[serde(default = "default_key_models")]
+    pub models: Vec<String>,
+    /// Requests per minute (GCRA, a minute's worth may come at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    /// Tokens per minute, charged with the prompt estimate plus `max_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u32>,
+    /// Requests in flight at once; 0: no limit.
+    #[serde(default)]
+    pub max_concurrent: u32,
+}
+
+/// `[rate_limits]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimits {
+    /// "memory" (this process) or "redis" (shared by every gateway using the same Redis).
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// The Redis server for `backend = "redis"`.
+    #[serde(default = "default_redis_url")]
+    pub redis_url: String,
+    /// "allow" or "deny" requests while Redis cannot be reached.
+    #[serde(default = "default_on_backend_error")]
+    pub on_backend_error: String,
+    /// Milliseconds one Redis check may take before it counts as a backend error.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for RawRateLimits {
+    fn default() -> Self {
+        Self {
+            backend: default_backend(),
+            redis_url: default_redis_url(),
+            on_backend_error: default_on_backend_error(),
+            redis_timeout_ms: default_redis_timeout_ms(),
+        }
+    }
+}
+
+fn default_key_models() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+fn default_backend() -> String {
+    "memory".to_owned()
+}
+fn default_redis_url() -> String {
+    "redis://127.0.0.1:6379".to_owned()
+}
+fn default_on_backend_error() -> String {
+    "allow".to_owned()
+}
+fn default_redis_timeout_ms() -> u64 {
+    250
+}
+fn default_max_concurrent_requests() -> u32 {
+    10_000
 }
 
 /// `[images]`.
@@ -142,6 +224,9 @@ pub struct RawServer {
     /// probes `GET {base_url}/models` to keep it fresh. 0 turns the check off.
     #[serde(default)]
     pub readiness_upstream_window_secs: u64,
+    /// Chat and inspect requests in flight at once; beyond it 503 `overloaded`, no queue.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: u32,
     /// Serve the browser playground at `/playground`.
     #[serde(default = "default_true")]
     pub playground: bool,
@@ -157,6 +242,7 @@ impl Default for RawServer {
             metrics: true,
             metrics_listen: None,
             readiness_upstream_window_secs: 0,
+            max_concurrent_requests: default_max_concurrent_requests(),
             playground: true,
         }
     }
@@ -301,7 +387,15 @@ impl RawConfig {
     /// The resolved configuration as TOML. It holds no secret: keys live in the environment
     /// and only the variable names are printed.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let mut shown = self.clone();
+        // A Redis password in the URL is a secret too.
+        if let Ok(mut url) = url::Url::parse(&shown.rate_limits.redis_url)
+            && url.password().is_some()
+            && url.set_password(Some("REDACTED")).is_ok()
+        {
+            shown.rate_limits.redis_url = url.into();
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }
 
@@ -338,6 +432,65 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub models: Vec<ModelConfig>,
     pub images: ImagesConfig,
+    /// Empty: no gateway authentication.
+    pub keys: Vec<KeyConfig>,
+    pub rate_limits: RateLimitsConfig,
+}
+
+/// Validated `[[keys]]`.
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    pub name: Arc<str>,
+    /// SHA-256 of the key: all the gateway keeps of it.
+    pub digest: [u8; 32],
+    pub models: ModelPermission,
+    pub requests_per_minute: Option<NonZeroU32>,
+    pub tokens_per_minute: Option<NonZeroU32>,
+    pub max_concurrent: Option<NonZeroU32>,
+}
+
+/// Which model ids a key may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelPermission {
+    All,
+    Only(Vec<String>),
+}
+
+impl ModelPermission {
+    pub fn allows(&self, model: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(ids) => ids.iter().any(|id| id == model),
+        }
+    }
+}
+
+/// Validated `[rate_limits]`.
+#[derive(Debug, Clone)]
+pub struct RateLimitsConfig {
+    pub backend: LimitBackend,
+    pub on_backend_error: OnBackendError,
+}
+
+/// Where limit state lives.
+#[derive(Debug, Clone)]
+pub enum LimitBackend {
+    /// In this process.
+    Memory,
+    /// In Redis, shared by every gateway using it.
+    Redis {
+        /// `redis://` URL (may hold a password: never printed).
+        url: Secret,
+        /// How long one check may take before it counts as a backend error.
+        timeout: Duration,
+    },
+}
+
+/// What to do with a request while the limit backend cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBackendError {
+    Allow,
+    Deny,
 }
 
 /// The format re-encoded images are written in.
@@ -386,6 +539,8 @@ pub struct ServerConfig {
     pub metrics: MetricsExport,
     /// `None`: readiness does not depend on upstreams.
     pub readiness_upstream_window: Option<Duration>,
+    /// Chat and inspect requests in flight at once.
+    pub max_concurrent_requests: NonZeroU32,
     /// Serve `/playground`.
     pub playground: bool,
 }
@@ -490,11 +645,14 @@ impl Config {
             }
             models.push(validate_model(i, m, &raw.upstreams)?);
         }
+        let keys = validate_keys(&raw.keys, &raw.models)?;
         Ok(Self {
             server,
             upstreams,
             models,
             images: validate_images(&raw.images)?,
+            keys,
+            rate_limits: validate_rate_limits(&raw.rate_limits)?,
         })
     }
 
@@ -536,6 +694,8 @@ impl RawConfig {
             }],
             models: vec![model("pixtral-12b-2409", Some(128_000)), model("*", None)],
             images: RawImages::default(),
+            keys: Vec::new(),
+            rate_limits: RawRateLimits::default(),
         }
     }
 }
@@ -579,6 +739,8 @@ fn validate_server(
         metrics,
         readiness_upstream_window: (raw.readiness_upstream_window_secs > 0)
             .then(|| Duration::from_secs(raw.readiness_upstream_window_secs)),
+        max_concurrent_requests: NonZeroU32::new(raw.max_concurrent_requests)
+            .ok_or_else(|| invalid("server.max_concurrent_requests", "must be greater than 0"))?,
         playground: raw.playground,
     })
 }
@@ -730,6 +892,136 @@ fn parse_allowed_host(entry: &str) -> Option<AllowedHost> {
     Some(AllowedHost { host, port })
 }
 
+fn validate_keys(raw: &[RawKey], models: &[RawModel]) -> Result<Vec<KeyConfig>, ConfigError> {
+    let mut names = HashSet::new();
+    let mut digests = HashSet::new();
+    let has_wildcard = models.iter().any(|m| m.id == "*");
+    raw.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let key = |field: &str| format!("keys[{i}].{field}");
+            if k.name.is_empty() {
+                return Err(invalid(key("name"), "must not be empty"));
+            }
+            if !names.insert(k.name.as_str()) {
+                return Err(invalid(
+                    key("name"),
+                    format!("the name `{}` is used by more than one key", k.name),
+                ));
+            }
+            let digest = match (&k.key_env, &k.sha256) {
+                (Some(var), None) => match std::env::var(var) {
+                    Ok(v) if !v.is_empty() => sha2::Sha256::digest(v.as_bytes()).into(),
+                    _ => {
+                        return Err(invalid(
+                            key("key_env"),
+                            format!("the environment variable `{var}` is not set or empty"),
+                        ));
+                    }
+                },
+                (None, Some(hex)) => parse_sha256(hex).ok_or_else(|| {
+                    invalid(key("sha256"), "must be 64 hexadecimal digits (a SHA-256)")
+                })?,
+                _ => {
+                    return Err(invalid(
+                        key("key_env"),
+                        "give exactly one of key_env and sha256",
+                    ));
+                }
+            };
+            if !digests.insert(digest) {
+                return Err(invalid(
+                    key("name"),
+                    format!("key `{}` has the same secret as another key", k.name),
+                ));
+            }
+            let models = if k.models.iter().any(|m| m == "*") {
+                ModelPermission::All
+            } else {
+                for (j, m) in k.models.iter().enumerate() {
+                    if !has_wildcard && !models.iter().any(|c| &c.id == m) {
+                        return Err(invalid(
+                            format!("keys[{i}].models[{j}]"),
+                            format!("`{m}` is not a [[models]] id and there is no \"*\" model"),
+                        ));
+                    }
+                }
+                ModelPermission::Only(k.models.clone())
+            };
+            let positive = |v: Option<u32>, field: &str| match v {
+                None => Ok(None),
+                Some(n) => NonZeroU32::new(n)
+                    .map(Some)
+                    .ok_or_else(|| invalid(key(field), "must be greater than 0 (or left out)")),
+            };
+            Ok(KeyConfig {
+                name: Arc::from(k.name.as_str()),
+                digest,
+                models,
+                requests_per_minute: positive(k.requests_per_minute, "requests_per_minute")?,
+                tokens_per_minute: positive(k.tokens_per_minute, "tokens_per_minute")?,
+                max_concurrent: NonZeroU32::new(k.max_concurrent),
+            })
+        })
+        .collect()
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let digit = |c: u8| char::from(c).to_digit(16);
+        *byte = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+    }
+    Some(out)
+}
+
+fn validate_rate_limits(raw: &RawRateLimits) -> Result<RateLimitsConfig, ConfigError> {
+    let on_backend_error = match raw.on_backend_error.as_str() {
+        "allow" => OnBackendError::Allow,
+        "deny" => OnBackendError::Deny,
+        other => {
+            return Err(invalid(
+                "rate_limits.on_backend_error",
+                format!("`{other}` is not one of \"allow\", \"deny\""),
+            ));
+        }
+    };
+    let backend = match raw.backend.as_str() {
+        "memory" => LimitBackend::Memory,
+        "redis" => {
+            let url = url::Url::parse(&raw.redis_url)
+                .ok()
+                .filter(|u| u.scheme() == "redis");
+            if url.is_none() {
+                return Err(invalid(
+                    "rate_limits.redis_url",
+                    "must be a redis://[:password@]host[:port][/db] URL",
+                ));
+            }
+            LimitBackend::Redis {
+                url: Secret(raw.redis_url.clone()),
+                timeout: positive_ms(raw.redis_timeout_ms, || {
+                    "rate_limits.redis_timeout_ms".to_owned()
+                })?,
+            }
+        }
+        other => {
+            return Err(invalid(
+                "rate_limits.backend",
+                format!("`{other}` is not one of \"memory\", \"redis\""),
+            ));
+        }
+    };
+    Ok(RateLimitsConfig {
+        backend,
+        on_backend_error,
+    })
+}
+
 fn validate_model(
     i: usize,
     raw: &RawModel,
@@ -837,6 +1129,13 @@ mod tests {
         for u in &mut raw.upstreams {
             u.api_key_env = None;
         }
+        // Its keys name TEAM_A_KEY; stand in a digest for the variable.
+        assert!(raw.keys.iter().any(|k| k.key_env.is_some()));
+        for k in &mut raw.keys {
+            if k.key_env.take().is_some() {
+                k.sha256 = Some("ab".repeat(32));
+            }
+        }
         let cfg = Config::from_raw(&raw, None);
         assert!(cfg.is_ok(), "{cfg:?}");
     }
@@ -940,6 +1239,81 @@ mod tests {
             let e = err_of(text);
             assert!(e.contains(key), "expected `{key}` in: {e}");
         }
+    }
+
+    #[test]
+    fn key_and_limit_mistakes_name_their_key() {
+        let base = "[[upstreams]]\nname = \"a\"\nbase_url = \"http://x\"\n[[models]]\nid = \"m\"\nupstream = \"a\"\n";
+        let digest = "ab".repeat(32);
+        let cases = [
+            ("[[keys]]\nname = \"k\"\n".to_owned(), "keys[0].key_env"),
+            (
+                format!("[[keys]]\nname = \"k\"\nsha256 = \"{digest}\"\nkey_env = \"X\"\n"),
+                "keys[0].key_env",
+            ),
+            (
+                "[[keys]]\nname = \"k\"\nsha256 = \"abc\"\n".to_owned(),
+                "keys[0].sha256",
+            ),
+            (
+                "[[keys]]\nname = \"k\"\nkey_env = \"VG_TEST_SURELY_UNSET_VAR\"\n".to_owned(),
+                "VG_TEST_SURELY_UNSET_VAR",
+            ),
+            (
+                format!("[[keys]]\nname = \"k\"\nsha256 = \"{digest}\"\nmodels = [\"nope\"]\n"),
+                "keys[0].models[0]",
+            ),
+            (
+                format!("[[keys]]\nname = \"k\"\nsha256 = \"{digest}\"\nrequests_per_minute = 0\n"),
+                "keys[0].requests_per_minute",
+            ),
+            (
+                format!(
+                    "[[keys]]\nname = \"k\"\nsha256 = \"{digest}\"\n[[keys]]\nname = \"k\"\nsha256 = \"{}\"\n",
+                    "cd".repeat(32)
+                ),
+                "keys[1].name",
+            ),
+            (
+                format!(
+                    "[[keys]]\nname = \"k\"\nsha256 = \"{digest}\"\n[[keys]]\nname = \"j\"\nsha256 = \"{digest}\"\n"
+                ),
+                "keys[1].name",
+            ),
+            (
+                "[rate_limits]\nbackend = \"etcd\"\n".to_owned(),
+                "rate_limits.backend",
+            ),
+            (
+                "[rate_limits]\nbackend = \"redis\"\nredis_url = \"http://x\"\n".to_owned(),
+                "rate_limits.redis_url",
+            ),
+            (
+                "[rate_limits]\non_backend_error = \"maybe\"\n".to_owned(),
+                "rate_limits.on_backend_error",
+            ),
+            (
+                "[server]\nmax_concurrent_requests = 0\n".to_owned(),
+                "server.max_concurrent_requests",
+            ),
+        ];
+        for (extra, key) in cases {
+            let e = err_of(&format!("{extra}{base}"));
+            assert!(e.contains(key), "expected `{key}` in: {e}");
+        }
+    }
+
+    #[test]
+    fn a_redis_password_is_not_printed() {
+        let raw = RawConfig::from_toml(
+            "[rate_limits]\nbackend = \"redis\"\nredis_url = \"redis://:hunter2@127.0.0.1:6379/0\"\n",
+        );
+        let Ok(raw) = raw else { panic!("{raw:?}") };
+        let shown = raw.to_toml();
+        assert!(
+            !shown.contains("hunter2") && shown.contains("REDACTED"),
+            "{shown}"
+        );
     }
 
     #[test]

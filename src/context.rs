@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 
 use crate::images::pipeline::FailureKind;
+use crate::keys::ApiKey;
+use crate::limits::{LimitKind, LimitState};
 use crate::metrics::UpstreamErrorKind;
 
 /// Facts about one request. Cheap to share: layers hold `Arc<RequestContext>`.
@@ -38,6 +40,18 @@ pub struct RequestContext {
     pub prompt_tokens: OnceLock<u64>,
     /// Why the image step refused the request, if it did.
     pub image_failure: OnceLock<FailureKind>,
+    /// The gateway key, once authenticated (logs show its configured name, never the key).
+    pub caller: OnceLock<Arc<ApiKey>>,
+    /// The key's request allowance after this request's check (`x-ratelimit-*-requests`).
+    pub requests_limit: OnceLock<LimitState>,
+    /// The key's token allowance after this request's check (`x-ratelimit-*-tokens`).
+    pub tokens_limit: OnceLock<LimitState>,
+    /// Which limit refused the request, if one did.
+    pub limit_refused: OnceLock<LimitKind>,
+    /// The per-key concurrency limit refused the request.
+    pub concurrency_refused: OnceLock<()>,
+    /// The limit backend could not answer for this request.
+    pub limit_backend_error: OnceLock<()>,
 }
 
 /// What happened to a request's images: counts by outcome and the time the step took.
@@ -77,7 +91,21 @@ impl RequestContext {
             images: OnceLock::new(),
             prompt_tokens: OnceLock::new(),
             image_failure: OnceLock::new(),
+            caller: OnceLock::new(),
+            requests_limit: OnceLock::new(),
+            tokens_limit: OnceLock::new(),
+            limit_refused: OnceLock::new(),
+            concurrency_refused: OnceLock::new(),
+            limit_backend_error: OnceLock::new(),
         })
+    }
+
+    /// Records a limit's state after its check, for the response headers.
+    pub fn record_limit(&self, kind: LimitKind, state: LimitState) {
+        let _ = match kind {
+            LimitKind::Requests => self.requests_limit.set(state),
+            LimitKind::Tokens => self.tokens_limit.set(state),
+        };
     }
 
     /// Records that a step happened now.

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::StatusCode;
 
 use crate::images::pipeline::{FailureKind, ImageFailure};
+use crate::limits::LimitKind;
 use crate::openai::{ErrorBody, ErrorDetail};
 use crate::tokens::{TokenCount, thousands};
 
@@ -112,6 +113,67 @@ pub enum GatewayError {
         model: String,
         window: u32,
     },
+
+    /// Keys are configured and the request carries no `Authorization: Bearer` key.
+    #[error(
+        "you didn't provide an API key; send your gateway key as `Authorization: Bearer <key>` (the OpenAI SDKs do this with api_key)"
+    )]
+    MissingApiKey,
+
+    /// The presented key is not one of the configured keys. The key is never echoed.
+    #[error(
+        "the API key provided is not valid for this gateway; check the key you were given (it is compared exactly)"
+    )]
+    InvalidApiKey,
+
+    /// A known key asked for a model outside its `models` list.
+    #[error(
+        "the key `{key}` may not use the model `{model}`; GET /v1/models lists the models it may use"
+    )]
+    ModelNotPermitted { key: Arc<str>, model: String },
+
+    /// Over a per-key allowance: retry after the given time.
+    #[error(
+        "rate limit reached for key `{key}`: {allowance} {} per minute; retry in {:.1} s",
+        kind.as_str(),
+        retry_after.as_secs_f64()
+    )]
+    RateLimited {
+        kind: LimitKind,
+        allowance: u32,
+        key: Arc<str>,
+        retry_after: Duration,
+    },
+
+    /// One request costs more than the key's whole allowance: retrying cannot help.
+    #[error(
+        "this request needs {cost} {} but key `{key}` has {allowance} per minute in all, so it can never fit; send less (fewer or smaller images, a lower max_tokens)",
+        kind.as_str()
+    )]
+    NeverFits {
+        kind: LimitKind,
+        cost: u64,
+        allowance: u32,
+        key: Arc<str>,
+    },
+
+    /// The key already has `max_concurrent` requests in flight.
+    #[error(
+        "key `{key}` already has {max} requests in flight (its max_concurrent); wait for one to finish"
+    )]
+    TooManyConcurrent { key: Arc<str>, max: u32 },
+
+    /// The gateway is at `server.max_concurrent_requests`.
+    #[error(
+        "the gateway is at its limit of {max} requests in flight (server.max_concurrent_requests); retry shortly"
+    )]
+    Overloaded { max: u32 },
+
+    /// Redis is unreachable and `rate_limits.on_backend_error = "deny"`.
+    #[error(
+        "the rate-limit backend cannot be reached and this gateway denies requests until it can; retry shortly"
+    )]
+    LimitBackendUnavailable,
 
     /// The path is not one the gateway serves.
     #[error(
@@ -236,6 +298,14 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ModelNotFound { .. } | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Self::ModelNotPermitted { .. } => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } | Self::NeverFits { .. } | Self::TooManyConcurrent { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::Overloaded { .. } | Self::LimitBackendUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamUnavailable { .. } | Self::UpstreamCut { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ShuttingDown | Self::Starting | Self::UpstreamsSilent => {
@@ -259,12 +329,20 @@ impl GatewayError {
             | Self::ContextLengthExceeded { .. }
             | Self::ModelNotFound { .. }
             | Self::RouteNotFound { .. }
-            | Self::MethodNotAllowed { .. } => "invalid_request_error",
+            | Self::MethodNotAllowed { .. }
+            | Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::ModelNotPermitted { .. } => "invalid_request_error",
             Self::Image { failure, .. } => match failure.kind() {
                 FailureKind::Url | FailureKind::Image => "invalid_request_error",
                 FailureKind::Gateway => "server_error",
             },
-            Self::UpstreamUnavailable { .. }
+            // OpenAI names the exhausted limit in `type`.
+            Self::RateLimited { kind, .. } | Self::NeverFits { kind, .. } => kind.as_str(),
+            Self::TooManyConcurrent { .. } => "requests",
+            Self::Overloaded { .. }
+            | Self::LimitBackendUnavailable
+            | Self::UpstreamUnavailable { .. }
             | Self::UpstreamCut { .. }
             | Self::UpstreamTimeout { .. }
             | Self::ShuttingDown
@@ -294,6 +372,12 @@ impl GatewayError {
             Self::ModelNotFound { .. } => "model_not_found",
             Self::RouteNotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::MissingApiKey | Self::InvalidApiKey => "invalid_api_key",
+            Self::ModelNotPermitted { .. } => "model_not_permitted",
+            Self::RateLimited { .. } | Self::NeverFits { .. } | Self::TooManyConcurrent { .. } => {
+                "rate_limit_exceeded"
+            }
+            Self::Overloaded { .. } | Self::LimitBackendUnavailable => "overloaded",
             Self::UpstreamUnavailable { .. } | Self::UpstreamCut { .. } => "upstream_unavailable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::ShuttingDown => "shutting_down",
@@ -307,7 +391,7 @@ impl GatewayError {
     pub fn param(&self) -> Option<&'static str> {
         match self {
             Self::MissingField { field } | Self::InvalidField { field, .. } => Some(field),
-            Self::ModelNotFound { .. } => Some("model"),
+            Self::ModelNotFound { .. } | Self::ModelNotPermitted { .. } => Some("model"),
             Self::TooManyImages { .. }
             | Self::Image { .. }
             | Self::ContextLengthExceeded { .. } => Some("messages"),
@@ -318,6 +402,13 @@ impl GatewayError {
             | Self::BodyTooLarge { .. }
             | Self::RouteNotFound { .. }
             | Self::MethodNotAllowed { .. }
+            | Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::RateLimited { .. }
+            | Self::NeverFits { .. }
+            | Self::TooManyConcurrent { .. }
+            | Self::Overloaded { .. }
+            | Self::LimitBackendUnavailable
             | Self::UpstreamUnavailable { .. }
             | Self::UpstreamCut { .. }
             | Self::UpstreamTimeout { .. }
@@ -325,6 +416,27 @@ impl GatewayError {
             | Self::Starting
             | Self::UpstreamsSilent
             | Self::Internal(_) => None,
+        }
+    }
+
+    /// How long the client should wait before retrying, when the gateway knows
+    /// (`retry-after`, `retry-after-ms`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            Self::TooManyConcurrent { .. }
+            | Self::Overloaded { .. }
+            | Self::LimitBackendUnavailable => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// Whether retrying can ever help (`x-should-retry`, which the OpenAI SDKs obey), when
+    /// the status alone would mislead them.
+    pub fn should_retry(&self) -> Option<bool> {
+        match self {
+            Self::NeverFits { .. } => Some(false),
+            _ => None,
         }
     }
 
@@ -342,7 +454,13 @@ impl GatewayError {
             | Self::ContextLengthExceeded { .. }
             | Self::ModelNotFound { .. }
             | Self::RouteNotFound { .. }
-            | Self::MethodNotAllowed { .. } => Fault::Client,
+            | Self::MethodNotAllowed { .. }
+            | Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::ModelNotPermitted { .. }
+            | Self::RateLimited { .. }
+            | Self::NeverFits { .. }
+            | Self::TooManyConcurrent { .. } => Fault::Client,
             Self::Image { failure, .. } => match failure.kind() {
                 FailureKind::Url | FailureKind::Image => Fault::Client,
                 FailureKind::Gateway => Fault::Gateway,
@@ -351,7 +469,11 @@ impl GatewayError {
             | Self::UpstreamCut { .. }
             | Self::UpstreamTimeout { .. } => Fault::Upstream,
             Self::UpstreamsSilent => Fault::Upstream,
-            Self::ShuttingDown | Self::Starting | Self::Internal(_) => Fault::Gateway,
+            Self::ShuttingDown
+            | Self::Starting
+            | Self::Overloaded { .. }
+            | Self::LimitBackendUnavailable
+            | Self::Internal(_) => Fault::Gateway,
         }
     }
 
@@ -363,6 +485,8 @@ impl GatewayError {
             Fault::Upstream => tracing::Level::WARN,
             Fault::Gateway => match self {
                 Self::ShuttingDown | Self::Starting => tracing::Level::INFO,
+                // Counted in metrics; an outage is logged once by the backend itself.
+                Self::Overloaded { .. } | Self::LimitBackendUnavailable => tracing::Level::DEBUG,
                 _ => tracing::Level::ERROR,
             },
         }

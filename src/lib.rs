@@ -14,7 +14,9 @@ pub mod headers;
 pub mod health;
 pub mod images;
 pub mod inspect;
+pub mod keys;
 pub mod layer;
+pub mod limits;
 pub mod messages;
 pub mod metrics;
 pub mod mock;
@@ -43,7 +45,7 @@ pub enum RunError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
-    Upstream(#[from] upstream::UpstreamBuildError),
+    Build(#[from] app::BuildError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,

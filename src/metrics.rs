@@ -146,6 +146,33 @@ pub struct Metrics {
     pub images: Family<ImageLabels, Counter>,
     pub image_step: Histogram,
     pub image_refusals: Family<ImageRefusalLabels, Counter>,
+    pub rate_limited: Family<RateLimitedLabels, Counter>,
+    pub limit_backend_errors: Counter,
+}
+
+/// Which per-key limit refused a request (bounded: three values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitLabel {
+    Requests,
+    Tokens,
+    Concurrency,
+}
+
+impl EncodeLabelValue for LimitLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(match self {
+            Self::Requests => "requests",
+            Self::Tokens => "tokens",
+            Self::Concurrency => "concurrency",
+        })
+    }
+}
+
+/// `key` is a configured key name, never a key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RateLimitedLabels {
+    pub key: Arc<str>,
+    pub limit: LimitLabel,
 }
 
 /// Why the image step refused a request (bounded: three values).
@@ -265,6 +292,18 @@ impl Metrics {
             "Requests the image step refused, by error code (the first failing image decides)",
             image_refusals.clone(),
         );
+        let rate_limited = Family::<RateLimitedLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429 by a per-key limit, by configured key name and limit",
+            rate_limited.clone(),
+        );
+        let limit_backend_errors = Counter::default();
+        registry.register(
+            "rate_limit_backend_errors",
+            "Requests whose limit check could not reach the backend (Redis); rate_limits.on_backend_error decided them",
+            limit_backend_errors.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -282,6 +321,8 @@ impl Metrics {
             images,
             image_step,
             image_refusals,
+            rate_limited,
+            limit_backend_errors,
         }
     }
 

@@ -98,7 +98,17 @@ impl ModelTable {
 
     /// The `/v1/models` list body (`"*"` is not a model and is not listed).
     pub fn list_json(&self) -> Bytes {
-        let data = self.listed.iter().map(|r| self.entry(r)).collect();
+        self.list_json_where(|_| true)
+    }
+
+    /// The list body of the listed ids `keep` accepts (a key's own list).
+    pub fn list_json_where(&self, keep: impl Fn(&str) -> bool) -> Bytes {
+        let data = self
+            .listed
+            .iter()
+            .filter(|r| keep(&r.id))
+            .map(|r| self.entry(r))
+            .collect();
         json_bytes(&ModelList {
             object: "list",
             data,

@@ -14,8 +14,10 @@ use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
 use crate::body::ResponseBody;
+use crate::context::RequestContext;
 use crate::error::{GatewayError, bounded};
 use crate::health::{Readiness, ReadyState};
+use crate::keys::{Caller, KeyTable};
 use crate::metrics::Metrics;
 use crate::models::ModelTable;
 
@@ -29,6 +31,8 @@ pub struct Router {
     /// `POST /gateway/inspect`: the chat checks without the upstream.
     pub inspect: ChatService,
     pub models: Arc<ModelTable>,
+    /// Who may list which models (`/v1/models` is per key when keys exist).
+    pub keys: Arc<KeyTable>,
     pub readiness: Readiness,
     /// `Some` when `/metrics` is served on this listener.
     pub metrics: Option<Arc<Metrics>>,
@@ -65,9 +69,15 @@ impl Service<Request<Incoming>> for Router {
                 }
                 Err(wrong_method(path, method, "POST"))
             }
-            "/v1/models" => {
-                get_only(path, method).map(|()| json(StatusCode::OK, self.models.list_json()))
-            }
+            "/v1/models" => get_only(path, method)
+                .and_then(|()| authenticate(&self.keys, &req))
+                .map(|caller| {
+                    let body = match caller {
+                        Some(Caller(key)) => key.models_json.clone(),
+                        None => self.models.list_json(),
+                    };
+                    json(StatusCode::OK, body)
+                }),
             "/healthz" => get_only(path, method)
                 .map(|()| json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))),
             "/readyz" => get_only(path, method).and_then(|()| match self.readiness.state() {
@@ -98,6 +108,14 @@ impl Service<Request<Incoming>> for Router {
             _ => match path.strip_prefix("/v1/models/") {
                 Some(id) => get_only(path, method).and_then(|()| {
                     let id = percent_decode(id);
+                    if let Some(Caller(key)) = authenticate(&self.keys, &req)?
+                        && !key.models.allows(&id)
+                    {
+                        return Err(GatewayError::ModelNotPermitted {
+                            key: key.name.clone(),
+                            model: bounded(&id),
+                        });
+                    }
                     self.models
                         .model_json(&id)
                         .map(|b| json(StatusCode::OK, b))
@@ -110,6 +128,16 @@ impl Service<Request<Incoming>> for Router {
         };
         Box::pin(std::future::ready(answer))
     }
+}
+
+/// The caller of a route answered here, recorded for the log and the `x-ratelimit-*` headers.
+fn authenticate<B>(keys: &KeyTable, req: &Request<B>) -> Result<Option<Caller>, GatewayError> {
+    let caller = keys.authenticate(req.headers())?;
+    if let (Some(Caller(key)), Some(ctx)) = (&caller, req.extensions().get::<Arc<RequestContext>>())
+    {
+        let _ = ctx.caller.set(key.clone());
+    }
+    Ok(caller)
 }
 
 fn percent_decode(s: &str) -> String {

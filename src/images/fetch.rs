@@ -365,15 +365,15 @@ impl Fetcher {
         if ips.is_empty() {
             return Err(FetchError::Resolve);
         }
-        if !self.may_reach_private(url, port) {
-            if let Some(refused) = ips.iter().find(|ip| !is_public(**ip)) {
-                tracing::debug!(
-                    host = url.host_str().unwrap_or(""),
-                    addr = %refused,
-                    "image host refused: address not publicly routable"
-                );
-                return Err(FetchError::NotPublic);
-            }
+        if !self.may_reach_private(url, port)
+            && let Some(refused) = ips.iter().find(|ip| !is_public(**ip))
+        {
+            tracing::debug!(
+                host = url.host_str().unwrap_or(""),
+                addr = %refused,
+                "image host refused: address not publicly routable"
+            );
+            return Err(FetchError::NotPublic);
         }
         Ok(ips)
     }

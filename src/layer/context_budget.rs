@@ -12,6 +12,7 @@ use super::checkpoint::Checkpoint;
 use crate::chat::{ReadyChat, VisionChat};
 use crate::context::RequestContext;
 use crate::error::{GatewayError, bounded};
+use crate::keys::Caller;
 use crate::tokens::{TokenCount, image_tokens};
 
 /// The context-budget checkpoint.
@@ -57,8 +58,12 @@ impl Checkpoint<VisionChat> for ContextBudget {
         let tokens = Self::count(&vision);
         // Without a window and without images the text was not counted (`CountImages` skips
         // the walk): log no estimate rather than a zero.
-        let counted =
-            vision.chat.route.config.context_window.is_some() || !vision.images.is_empty();
+        let counted = vision.chat.route.config.context_window.is_some()
+            || !vision.images.is_empty()
+            || parts
+                .extensions
+                .get::<Caller>()
+                .is_some_and(Caller::counts_tokens);
         if let Some(ctx) = parts.extensions.get::<Arc<RequestContext>>()
             && counted
         {

@@ -9,6 +9,7 @@ use http::Request;
 use super::checkpoint::Checkpoint;
 use crate::chat::{ChatRequest, ScannedChat};
 use crate::error::{GatewayError, bounded};
+use crate::keys::Caller;
 use crate::messages;
 
 /// The image-count checkpoint.
@@ -57,7 +58,12 @@ impl Checkpoint<ChatRequest> for CountImages {
 
     async fn check(&self, req: Request<ChatRequest>) -> Result<Request<ScannedChat>, GatewayError> {
         let (parts, chat) = req.into_parts();
-        let scan = Self::scan(&chat, false)?;
+        // A key with a token limit is charged the estimate: the text must be counted.
+        let need_text = parts
+            .extensions
+            .get::<Caller>()
+            .is_some_and(Caller::counts_tokens);
+        let scan = Self::scan(&chat, need_text)?;
         Ok(Request::from_parts(parts, ScannedChat { chat, scan }))
     }
 }

@@ -6,11 +6,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderName, HeaderValue, Request, Response, header};
 use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
+
+static RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+static X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 
 /// Adds [`ErrorResponse`] to a stack.
 #[derive(Debug, Clone, Copy, Default)]
@@ -89,6 +92,25 @@ pub fn into_response(err: &GatewayError) -> Response<ResponseBody> {
     if let GatewayError::MethodNotAllowed { allowed, .. } = err {
         res.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(allowed));
+    }
+    if let Some(wait) = err.retry_after() {
+        // Whole seconds, rounded up (a client waiting `retry-after` must not be early).
+        let secs = wait.as_millis().div_ceil(1000).max(1);
+        let h = res.headers_mut();
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(u64::try_from(secs).unwrap_or(u64::MAX)),
+        );
+        h.insert(
+            &RETRY_AFTER_MS,
+            HeaderValue::from(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
+        );
+    }
+    if let Some(retry) = err.should_retry() {
+        res.headers_mut().insert(
+            &X_SHOULD_RETRY,
+            HeaderValue::from_static(if retry { "true" } else { "false" }),
+        );
     }
     res
 }

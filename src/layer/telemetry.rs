@@ -24,9 +24,10 @@ use tracing::Instrument;
 
 use crate::context::RequestContext;
 use crate::error::bounded;
+use crate::limits::LimitKind;
 use crate::metrics::{
-    ImageLabels, ImageOutcome, ImageRefusal, ImageRefusalLabels, Metrics, RequestLabels, Route,
-    RouteLabels, UpstreamErrorLabels, UpstreamLabels,
+    ImageLabels, ImageOutcome, ImageRefusal, ImageRefusalLabels, LimitLabel, Metrics,
+    RateLimitedLabels, RequestLabels, Route, RouteLabels, UpstreamErrorLabels, UpstreamLabels,
 };
 
 /// Adds [`Telemetry`] to a stack. `metrics: None` turns metrics off (logs stay).
@@ -248,6 +249,25 @@ fn record_metrics(m: &Metrics, r: &Record) {
             })
             .inc();
     }
+    if let Some(key) = ctx.caller.get() {
+        let limit = match (ctx.limit_refused.get(), ctx.concurrency_refused.get()) {
+            (Some(LimitKind::Requests), _) => Some(LimitLabel::Requests),
+            (Some(LimitKind::Tokens), _) => Some(LimitLabel::Tokens),
+            (None, Some(())) => Some(LimitLabel::Concurrency),
+            (None, None) => None,
+        };
+        if let Some(limit) = limit {
+            m.rate_limited
+                .get_or_create(&RateLimitedLabels {
+                    key: key.name.clone(),
+                    limit,
+                })
+                .inc();
+        }
+    }
+    if ctx.limit_backend_error.get().is_some() {
+        m.limit_backend_errors.inc();
+    }
     m.request_duration
         .get_or_create(&RouteLabels { route: r.route })
         .observe(ctx.started.elapsed().as_secs_f64());
@@ -293,6 +313,7 @@ fn log_line(r: &Record, complete: bool) {
         method = %r.method,
         path = %r.path,
         model = ctx.and_then(|c| c.model.get()).map_or("-", |m| &**m),
+        key = ctx.and_then(|c| c.caller.get()).map(|k| &*k.name),
         status = r.status.as_u16(),
         bytes = r.bytes,
         total_ms = ctx.map_or(0.0, |c| c.started.elapsed().as_secs_f64() * 1e3),

@@ -95,9 +95,11 @@ def start_gateway(gateway_bin: Path, tmp_path: Path, request):
         server: Optional[dict[str, Any]] = None,
         env: Optional[dict[str, str]] = None,
         images: Optional[dict[str, Any]] = None,
+        keys: Iterable[dict[str, Any]] = (),
+        rate_limits: Optional[dict[str, Any]] = None,
     ) -> Gateway:
         cfg = tmp_path / f"gateway-{len(started)}.toml"
-        cfg.write_text(render_config(upstreams, models, server, images))
+        cfg.write_text(render_config(upstreams, models, server, images, keys, rate_limits))
         g = Gateway(
             [str(gateway_bin), "--config", str(cfg), "--listen", "127.0.0.1:0"],
             GATEWAY_READY,

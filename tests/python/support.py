@@ -189,9 +189,11 @@ def render_config(
     models: Iterable[dict[str, Any]],
     server: Optional[dict[str, Any]] = None,
     images: Optional[dict[str, Any]] = None,
+    keys: Iterable[dict[str, Any]] = (),
+    rate_limits: Optional[dict[str, Any]] = None,
 ) -> str:
     out: list[str] = []
-    for table, values in (("server", server), ("images", images)):
+    for table, values in (("server", server), ("images", images), ("rate_limits", rate_limits)):
         if values:
             out.append(f"[{table}]")
             out += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
@@ -203,6 +205,10 @@ def render_config(
     for m in models:
         out.append("[[models]]")
         out += [f"{k} = {_toml_value(v)}" for k, v in m.items()]
+        out.append("")
+    for k in keys:
+        out.append("[[keys]]")
+        out += [f"{name} = {_toml_value(v)}" for name, v in k.items()]
         out.append("")
     return "\n".join(out)
 

@@ -1,0 +1,30 @@
+//! 403 `model_not_permitted` when the caller's key may not use the model it asked for.
+//! After `resolve_model`, so an unknown model is still 404 for everyone; on an open gateway
+//! (no `[[keys]]`, no `Caller`) it lets everything through.
+
+use http::Request;
+
+use super::checkpoint::Checkpoint;
+use crate::chat::ChatRequest;
+use crate::error::{GatewayError, bounded};
+use crate::keys::Caller;
+
+/// The per-key model permission checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct PermitModel;
+
+impl Checkpoint<ChatRequest> for PermitModel {
+    type Out = ChatRequest;
+
+    async fn check(&self, req: Request<ChatRequest>) -> Result<Request<ChatRequest>, GatewayError> {
+        if let Some(Caller(key)) = req.extensions().get::<Caller>()
+            && !key.models.allows(&req.body().parsed.model)
+        {
+            return Err(GatewayError::ModelNotPermitted {
+                key: key.name.clone(),
+                model: bounded(&req.body().parsed.model),
+            });
+        }
+        Ok(req)
+    }
+}
