@@ -23,7 +23,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from images import PHOTO_2560x1920, decode_data_uri, jpeg, opened, sent_urls
 from recording_upstream import RecordedRequest, Reply, chat_completion_body, chunked_response, full_response, sse_chunk
-from support import MODEL, REPO
+from support import MODEL, REPO, sha256_hex
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -430,3 +430,37 @@ def test_every_control_is_labelled_and_a_narrow_window_has_one_column(page: Page
     budget = page.locator("#budget").bounding_box()
     assert request and budget and budget["y"] > request["y"] + request["height"] - 1, "one column"
     screenshot(page, "playground-narrow.png")
+
+
+def test_with_gateway_keys_the_page_loads_without_one_and_works_with_one(browser, start_gateway, recording_upstream, answers):
+    key = "sk-gateway-playground"
+    g = start_gateway(
+        upstreams=[{"name": "recording", "base_url": recording_upstream.base_url}],
+        models=[{"id": MODEL, "upstream": "recording"}, {"id": "other-team-model", "upstream": "recording"}],
+        keys=[{"name": "team-a", "sha256": sha256_hex(key.encode()), "models": [MODEL]}],
+    )
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(f"{g.url}/playground")  # the page itself needs no key
+        expect(page.locator("#model-status")).to_contain_text("invalid_api_key")
+        page.fill("#api-key", key)
+        expect(page.locator("#model")).to_have_value(MODEL)
+        expect(page.locator("#model-status")).to_have_text("")
+        # /v1/models lists the key's models only.
+        assert page.locator("#model option").all_inner_texts() == [MODEL, "Other model id…"]
+        expect(page.locator("#verdict")).to_contain_text("would accept")
+        page.click("#send")
+        expect(page.locator("#answer")).to_have_text("".join(ANSWER))
+        # The gateway checks its key and never forwards it.
+        assert recording_upstream.requests[-1].header("authorization") is None
+        # A model outside the key's list: the preview and the chat route both say 403.
+        page.select_option("#model", label="Other model id…")
+        page.keyboard.type("other-team-model")
+        expect(page.locator("#verdict")).to_contain_text("model_not_permitted")
+        page.click("#send")
+        expect(page.locator("#error")).to_contain_text("model_not_permitted")
+        expect(page.locator("#error")).to_contain_text("HTTP 403")
+        assert len(recording_upstream.requests) == 1
+    finally:
+        context.close()
