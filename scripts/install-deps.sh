@@ -3,14 +3,16 @@
 #   ./scripts/install-deps.sh build   cmake and nasm: the turbojpeg crate builds libjpeg-turbo 3
 #                                     (SIMD) from source; Debian 12 ships only 2.1
 #   ./scripts/install-deps.sh test    build + mate-backgrounds (real photos the image tests use),
-#                                     redis-server and redis-tools (the shared rate-limit tests and bench)
+#                                     redis-server and redis-tools (the shared rate-limit tests and bench),
+#                                     chromium and fonts-dejavu-core (the playground's browser test
+#                                     drives Debian's Chromium; Playwright downloads no browser)
 # Needs root for apt-get when something is missing; does nothing when all is there.
 set -euo pipefail
 
 want=(cmake nasm)
 case "${1:-build}" in
   build) ;;
-  test) want+=(mate-backgrounds redis-server redis-tools) ;;
+  test) want+=(mate-backgrounds redis-server redis-tools chromium fonts-dejavu-core) ;;
   *) echo "usage: $0 build|test" >&2; exit 2 ;;
 esac
 

@@ -136,6 +136,7 @@ pub fn build(config: &Config) -> Result<App, BuildError> {
             MetricsExport::Main => metrics.clone(),
             MetricsExport::Off | MetricsExport::Separate(_) => None,
         },
+        playground: config.server.playground,
     };
     let service = ServiceBuilder::new()
         // 1. Id first, so everything below (including errors) carries it.

@@ -227,6 +227,9 @@ pub struct RawServer {
     /// Chat and inspect requests in flight at once; beyond it 503 `overloaded`, no queue.
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: u32,
+    /// Serve the browser playground at `/playground`.
+    #[serde(default = "default_true")]
+    pub playground: bool,
 }
 
 impl Default for RawServer {
@@ -240,6 +243,7 @@ impl Default for RawServer {
             metrics_listen: None,
             readiness_upstream_window_secs: 0,
             max_concurrent_requests: default_max_concurrent_requests(),
+            playground: true,
         }
     }
 }
@@ -537,6 +541,8 @@ pub struct ServerConfig {
     pub readiness_upstream_window: Option<Duration>,
     /// Chat and inspect requests in flight at once.
     pub max_concurrent_requests: NonZeroU32,
+    /// Serve `/playground`.
+    pub playground: bool,
 }
 
 /// Where `/metrics` is served.
@@ -735,6 +741,7 @@ fn validate_server(
             .then(|| Duration::from_secs(raw.readiness_upstream_window_secs)),
         max_concurrent_requests: NonZeroU32::new(raw.max_concurrent_requests)
             .ok_or_else(|| invalid("server.max_concurrent_requests", "must be greater than 0"))?,
+        playground: raw.playground,
     })
 }
 
@@ -1147,6 +1154,7 @@ mod tests {
         assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(cfg.server.max_body_bytes.get(), 33_554_432);
         assert_eq!(cfg.server.shutdown_grace, Duration::from_secs(30));
+        assert!(cfg.server.playground);
         let up = &cfg.upstreams[0];
         assert_eq!(
             up.chat_completions_url.to_string(),

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod mock;
 pub mod models;
 pub mod openai;
+pub mod playground;
 pub mod routes;
 pub mod server;
 pub mod telemetry;

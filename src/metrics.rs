@@ -28,6 +28,7 @@ pub enum Route {
     Healthz,
     Readyz,
     Metrics,
+    Playground,
     Other,
 }
 
@@ -41,6 +42,7 @@ impl Route {
             "/readyz" => Self::Readyz,
             "/metrics" => Self::Metrics,
             p if p == "/v1/models" || p.starts_with("/v1/models/") => Self::Models,
+            p if p == "/playground" || p.starts_with("/playground/") => Self::Playground,
             _ => Self::Other,
         }
     }
@@ -66,6 +68,7 @@ impl Route {
             Self::Readyz => "readyz",
             Self::Metrics => "metrics",
             Self::Inspect => "inspect",
+            Self::Playground => "playground",
             Self::Other => "other",
         }
     }
@@ -351,6 +354,8 @@ mod tests {
         assert_eq!(Route::of("/v1/chat/completions"), Route::ChatCompletions);
         assert_eq!(Route::of("/v1/models/abc"), Route::Models);
         assert_eq!(Route::of("/etc/passwd"), Route::Other);
+        assert_eq!(Route::of("/playground/playground.js"), Route::Playground);
+        assert_eq!(Route::of("/playgrounds"), Route::Other);
     }
 
     #[test]

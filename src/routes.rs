@@ -36,6 +36,8 @@ pub struct Router {
     pub readiness: Readiness,
     /// `Some` when `/metrics` is served on this listener.
     pub metrics: Option<Arc<Metrics>>,
+    /// Serve the browser playground (`/playground` and its script and stylesheet).
+    pub playground: bool,
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send>>;
@@ -93,6 +95,16 @@ impl Service<Request<Incoming>> for Router {
                     .map(metrics_response)
                     .ok_or(GatewayError::Internal("metrics route without a registry"))
             }),
+            // The page, its script and stylesheet, compiled in (playground.rs).
+            p if self.playground && p.starts_with(crate::playground::PATH) => {
+                get_only(path, method).and_then(|()| {
+                    crate::playground::response(p, req.headers()).ok_or_else(|| {
+                        GatewayError::RouteNotFound {
+                            path: bounded(path),
+                        }
+                    })
+                })
+            }
             _ => match path.strip_prefix("/v1/models/") {
                 Some(id) => get_only(path, method).and_then(|()| {
                     let id = percent_decode(id);

@@ -12,6 +12,7 @@ mod errors;
 mod forwarding;
 mod lifecycle;
 mod metrics;
+mod playground;
 mod streaming;
 mod support;
 mod tokens;
