@@ -14,7 +14,7 @@ use crate::health::Readiness;
 use crate::images::pipeline::ImagePipeline;
 use crate::inspect::Inspect;
 use crate::keys::{BackendSetupError, KeyTable};
-use crate::layer::admission::{Admission, Gate};
+use crate::layer::admission::Admit;
 use crate::layer::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::layer::context_budget::ContextBudget;
 use crate::layer::count_images::CountImages;
@@ -60,7 +60,6 @@ pub struct App {
 pub fn build(config: &Config) -> Result<App, BuildError> {
     let models = Arc::new(ModelTable::new(config)?);
     let keys = Arc::new(KeyTable::new(config, &models)?);
-    let gate = Gate::new(keys.clone(), config.server.max_concurrent_requests.get());
     let readiness = match config.server.readiness_upstream_window {
         Some(window) => Readiness::with_upstreams(window, models.upstreams().to_vec()),
         None => Readiness::default(),
@@ -78,12 +77,15 @@ pub fn build(config: &Config) -> Result<App, BuildError> {
     let resolve_model = ResolveModel {
         models: models.clone(),
     };
-    // Admission (below) first, before the body is read: key (401), in-flight caps (503,
-    // 429), requests per minute (429). Holds its slots until the response body ends.
     // The chat checkpoints, in order, joined into one layer (`Checkpoint::then`).
-    // 6. Bounded body read: nothing unbounded is read before this.
-    // 7. Cheap JSON checks before any costly work.
-    let checks = read_body
+    // Admission first, before the body is read: key (401), in-flight caps (503, 429),
+    // requests per minute (429). Its slots ride with the request, then in the response body.
+    let admit = Admit::new(keys.clone(), config.server.max_concurrent_requests.get());
+    let checks = admit
+        .clone()
+        // 6. Bounded body read: nothing unbounded is read before this.
+        .then(read_body)
+        // 7. Cheap JSON checks before any costly work.
         .then(ParseChat)
         // 8. Route (404 for unknown models) and plan the `model` rewrite.
         .then(resolve_model.clone())
@@ -99,32 +101,26 @@ pub fn build(config: &Config) -> Result<App, BuildError> {
         .then(ContextBudget)
         // Tokens per minute, charged with the same count.
         .then(TokenLimit { keys: keys.clone() });
-    let chat = Admission {
-        gate: gate.clone(),
-        charge_requests: true,
+    let chat = ServiceBuilder::new()
+        .layer(CheckpointLayer(checks))
         // 12. Upstream.
-        inner: ServiceBuilder::new()
-            .layer(CheckpointLayer(checks))
-            .service(Forward),
-    };
+        .service(Forward);
     let chat: BoxCloneService<Request<Incoming>, Response<ResponseBody>, _> = chat.boxed_clone();
 
-    let inspect = Admission {
-        gate,
-        charge_requests: false,
-        inner: ServiceBuilder::new()
-            .layer(CheckpointLayer(
-                read_body
-                    .then(ParseChat)
-                    .then(resolve_model)
-                    .then(PermitModel),
-            ))
-            // The same checks as the chat stack, reported instead of enforced (inspect.rs).
-            .service(Inspect {
-                pipeline: images.clone(),
-            }),
-    }
-    .boxed_clone();
+    let inspect = ServiceBuilder::new()
+        .layer(CheckpointLayer(
+            admit
+                .uncharged()
+                .then(read_body)
+                .then(ParseChat)
+                .then(resolve_model)
+                .then(PermitModel),
+        ))
+        // The same checks as the chat stack, reported instead of enforced (inspect.rs).
+        .service(Inspect {
+            pipeline: images.clone(),
+        })
+        .boxed_clone();
 
     let router = Router {
         chat,

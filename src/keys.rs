@@ -11,10 +11,10 @@ use bytes::Bytes;
 use http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
 
 use crate::config::{Config, KeyConfig, LimitBackend, ModelPermission, OnBackendError};
 use crate::error::GatewayError;
+use crate::layer::admission::InFlightCap;
 use crate::limits::memory::MemoryLimit;
 use crate::limits::redis::{RedisBackend, RedisLimit};
 use crate::limits::{Limit, LimitKind, Store};
@@ -30,7 +30,7 @@ pub struct ApiKey {
     pub requests: Option<Limit>,
     pub tokens: Option<Limit>,
     /// Slots for requests in flight (`max_concurrent`).
-    pub concurrency: Option<(Arc<Semaphore>, u32)>,
+    pub concurrency: Option<Arc<InFlightCap>>,
     /// This key's `/v1/models` body, built once.
     pub models_json: Bytes,
 }
@@ -90,10 +90,7 @@ impl KeyTable {
                         .requests_per_minute
                         .map(|n| limit(k, LimitKind::Requests, n)),
                     tokens: k.tokens_per_minute.map(|n| limit(k, LimitKind::Tokens, n)),
-                    concurrency: k.max_concurrent.map(|n| {
-                        let slots = usize::try_from(n.get()).unwrap_or(usize::MAX);
-                        (Arc::new(Semaphore::new(slots)), n.get())
-                    }),
+                    concurrency: k.max_concurrent.map(|n| InFlightCap::new(n.get())),
                     models_json: models.list_json_where(|id| k.models.allows(id)),
                 })
             })

@@ -72,16 +72,19 @@ where
             None
         };
         Stamped {
-            inner: Box::pin(self.inner.call(req)),
+            inner: self.inner.call(req),
             ctx,
         }
     }
 }
 
-/// The response future of [`RateLimitHeaders`].
-pub struct Stamped<F> {
-    inner: Pin<Box<F>>,
-    ctx: Option<Arc<RequestContext>>,
+pin_project_lite::pin_project! {
+    /// The response future of [`RateLimitHeaders`] (not boxed: an open gateway pays nothing).
+    pub struct Stamped<F> {
+        #[pin]
+        inner: F,
+        ctx: Option<Arc<RequestContext>>,
+    }
 }
 
 impl<F, RB, E> Future for Stamped<F>
@@ -90,9 +93,10 @@ where
 {
     type Output = Result<Response<RB>, E>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut res = ready!(self.inner.as_mut().poll(cx));
-        if let (Ok(res), Some(ctx)) = (&mut res, self.ctx.take())
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = ready!(this.inner.poll(cx));
+        if let (Ok(res), Some(ctx)) = (&mut res, this.ctx.take())
             && let Some(key) = ctx.caller.get()
             // An upstream's own 429 passes with its own headers: its limit is the one hit.
             && !(res.status() == StatusCode::TOO_MANY_REQUESTS

@@ -23,6 +23,7 @@ use crate::chat::ReadyChat;
 use crate::context::RequestContext;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::headers::strip_hop_by_hop;
+use crate::layer::admission::InFlight;
 use crate::layer::request_id::X_REQUEST_ID;
 use crate::metrics::UpstreamErrorKind;
 
@@ -73,6 +74,8 @@ async fn forward(req: Request<ReadyChat>) -> Result<Response<ResponseBody>, Gate
     *out.headers_mut() = headers;
 
     let ctx = parts.extensions.get::<Arc<RequestContext>>().cloned();
+    // Admission's in-flight slots: held by the response body until it ends.
+    let in_flight = parts.extensions.remove::<InFlight>();
     let failed = |kind: UpstreamErrorKind| {
         if let Some(ctx) = &ctx {
             let _ = ctx.upstream_error.set(kind);
@@ -119,7 +122,11 @@ async fn forward(req: Request<ReadyChat>) -> Result<Response<ResponseBody>, Gate
     }
     let sse = is_uncompressed_unsized_sse(&head.headers);
     let body = UpstreamBody::new(incoming, sse, upstream.name.clone(), ctx);
-    Ok(Response::from_parts(head, ResponseBody::Upstream(body)))
+    let body = match in_flight {
+        Some(slots) => ResponseBody::Upstream(body).hold(slots),
+        None => ResponseBody::Upstream(body),
+    };
+    Ok(Response::from_parts(head, body))
 }
 
 /// Whether an in-band error event may be appended to this response on a cut: only to an SSE

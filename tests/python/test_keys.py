@@ -145,6 +145,8 @@ def test_the_gateway_key_never_leaves_or_reaches_the_log(start_gateway, recordin
     assert KEY_A.encode() not in sent.raw
     access = g.wait_for_event(lambda e: e.get("message") == "request" and e.get("status") == 200, timeout=10)
     assert access is not None and access.get("key") == "team-a", g.log_text()
+    # The refused request's lines are logged before its access line: wait for that one.
+    assert g.wait_for_event(lambda e: e.get("message") == "request" and e.get("status") == 401, timeout=10)
     everything = "\n".join(g.lines)
     assert any(e.get("level") == "DEBUG" for e in g.events), everything  # the most verbose log
     assert KEY_A not in everything
