@@ -18,7 +18,7 @@ use http_body_util::Full;
 
 use crate::context::RequestContext;
 use crate::error::GatewayError;
-use crate::layer::admission::InFlight;
+use crate::limits::in_flight::InFlight;
 use crate::metrics::UpstreamErrorKind;
 use crate::upstream::UpstreamIncoming;
 

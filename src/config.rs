@@ -646,13 +646,17 @@ impl Config {
             models.push(validate_model(i, m, &raw.upstreams)?);
         }
         let keys = validate_keys(&raw.keys, &raw.models)?;
+        let rate_limits = validate_rate_limits(&raw.rate_limits)?;
+        if matches!(rate_limits.backend, LimitBackend::Redis { .. }) {
+            check_redis_allowances(&keys)?;
+        }
         Ok(Self {
             server,
             upstreams,
             models,
             images: validate_images(&raw.images)?,
             keys,
-            rate_limits: validate_rate_limits(&raw.rate_limits)?,
+            rate_limits,
         })
     }
 
@@ -964,6 +968,29 @@ fn validate_keys(raw: &[RawKey], models: &[RawModel]) -> Result<Vec<KeyConfig>, 
             })
         })
         .collect()
+}
+
+/// The Redis script keeps time in microseconds: one unit must take at least one to earn
+/// back, so an allowance is at most 60,000,000 a minute with that backend.
+const REDIS_MAX_PER_MINUTE: u32 = 60_000_000;
+
+fn check_redis_allowances(keys: &[KeyConfig]) -> Result<(), ConfigError> {
+    for (i, k) in keys.iter().enumerate() {
+        for (field, value) in [
+            ("requests_per_minute", k.requests_per_minute),
+            ("tokens_per_minute", k.tokens_per_minute),
+        ] {
+            if value.is_some_and(|v| v.get() > REDIS_MAX_PER_MINUTE) {
+                return Err(invalid(
+                    format!("keys[{i}].{field}"),
+                    format!(
+                        "at most {REDIS_MAX_PER_MINUTE} with rate_limits.backend = \"redis\" (it counts in microseconds)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
@@ -1295,6 +1322,12 @@ mod tests {
             (
                 "[server]\nmax_concurrent_requests = 0\n".to_owned(),
                 "server.max_concurrent_requests",
+            ),
+            (
+                format!(
+                    "[rate_limits]\nbackend = \"redis\"\n[[keys]]\nname = \"k\"\nsha256 = \"{digest}\"\ntokens_per_minute = 60000001\n"
+                ),
+                "keys[0].tokens_per_minute",
             ),
         ];
         for (extra, key) in cases {

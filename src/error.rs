@@ -427,7 +427,30 @@ impl GatewayError {
             Self::TooManyConcurrent { .. }
             | Self::Overloaded { .. }
             | Self::LimitBackendUnavailable => Some(Duration::from_secs(1)),
-            _ => None,
+            Self::BodyNotJson { .. }
+            | Self::BodyShape { .. }
+            | Self::MissingField { .. }
+            | Self::InvalidField { .. }
+            | Self::BodyRead
+            | Self::BodyTimeout { .. }
+            | Self::BodyTooLarge { .. }
+            | Self::ModelNotFound { .. }
+            | Self::TooManyImages { .. }
+            | Self::Image { .. }
+            | Self::ContextLengthExceeded { .. }
+            | Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::ModelNotPermitted { .. }
+            | Self::NeverFits { .. }
+            | Self::RouteNotFound { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::UpstreamUnavailable { .. }
+            | Self::UpstreamCut { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::ShuttingDown
+            | Self::Starting
+            | Self::UpstreamsSilent
+            | Self::Internal(_) => None,
         }
     }
 
@@ -436,7 +459,33 @@ impl GatewayError {
     pub fn should_retry(&self) -> Option<bool> {
         match self {
             Self::NeverFits { .. } => Some(false),
-            _ => None,
+            Self::BodyNotJson { .. }
+            | Self::BodyShape { .. }
+            | Self::MissingField { .. }
+            | Self::InvalidField { .. }
+            | Self::BodyRead
+            | Self::BodyTimeout { .. }
+            | Self::BodyTooLarge { .. }
+            | Self::ModelNotFound { .. }
+            | Self::TooManyImages { .. }
+            | Self::Image { .. }
+            | Self::ContextLengthExceeded { .. }
+            | Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::ModelNotPermitted { .. }
+            | Self::RouteNotFound { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::UpstreamUnavailable { .. }
+            | Self::UpstreamCut { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::ShuttingDown
+            | Self::Starting
+            | Self::UpstreamsSilent
+            | Self::Internal(_)
+            | Self::RateLimited { .. }
+            | Self::TooManyConcurrent { .. }
+            | Self::Overloaded { .. }
+            | Self::LimitBackendUnavailable => None,
         }
     }
 

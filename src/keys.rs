@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{Config, KeyConfig, LimitBackend, ModelPermission, OnBackendError};
 use crate::error::GatewayError;
-use crate::layer::admission::InFlightCap;
+use crate::limits::in_flight::InFlightCap;
 use crate::limits::memory::MemoryLimit;
 use crate::limits::redis::{RedisBackend, RedisLimit};
 use crate::limits::{Limit, LimitKind, Store};

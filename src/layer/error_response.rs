@@ -94,17 +94,13 @@ pub fn into_response(err: &GatewayError) -> Response<ResponseBody> {
             .insert(header::ALLOW, HeaderValue::from_static(allowed));
     }
     if let Some(wait) = err.retry_after() {
-        // Whole seconds, rounded up (a client waiting `retry-after` must not be early).
-        let secs = wait.as_millis().div_ceil(1000).max(1);
+        // Rounded up, both: a client waiting exactly this long must not be early.
+        let nanos = wait.as_nanos();
+        let ms = u64::try_from(nanos.div_ceil(1_000_000)).unwrap_or(u64::MAX);
+        let secs = u64::try_from(nanos.div_ceil(1_000_000_000).max(1)).unwrap_or(u64::MAX);
         let h = res.headers_mut();
-        h.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(u64::try_from(secs).unwrap_or(u64::MAX)),
-        );
-        h.insert(
-            &RETRY_AFTER_MS,
-            HeaderValue::from(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
-        );
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        h.insert(&RETRY_AFTER_MS, HeaderValue::from(ms));
     }
     if let Some(retry) = err.should_retry() {
         res.headers_mut().insert(

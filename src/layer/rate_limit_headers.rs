@@ -3,7 +3,9 @@
 //! every route it authenticated on. The values are the states this request's checks left in
 //! the request context; for a limit the request did not reach (refused earlier, or a route
 //! that is not charged) the key's current state, uncharged (`Limit::peek`). An upstream's
-//! own 429 keeps its own headers. Built only when `[[keys]]` exist.
+//! own 429 keeps its own headers; on other upstream responses to a limited key the
+//! upstream's `x-ratelimit-*` (the shared provider account's) are removed. Built only when
+//! `[[keys]]` exist.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -103,6 +105,15 @@ where
                 && ctx.upstream_headers.get().is_some())
         {
             let h = res.headers_mut();
+            // The upstream's own figures describe the shared provider account, not this key:
+            // they never mix with the key's.
+            if key.requests.is_some() || key.tokens.is_some() {
+                for names in &NAMES {
+                    for name in names {
+                        h.remove(name);
+                    }
+                }
+            }
             for (names, checked, limit) in [
                 (&NAMES[0], ctx.requests_limit.get(), &key.requests),
                 (&NAMES[1], ctx.tokens_limit.get(), &key.tokens),

@@ -15,12 +15,19 @@ use governor::{Quota, RateLimiter};
 use super::{LimitState, Verdict};
 
 /// One per-minute allowance.
+///
+/// Each unit (a request, a token) is `scale` governor cells, so the state governor reports
+/// (whole cells left) gives the time until the allowance is whole again to within
+/// 1/`scale` of a unit's interval, not a whole interval (at 1 request a minute that is the
+/// difference between 60 ms and 60 s). GCRA is linear, so decisions are unchanged.
 pub struct MemoryLimit<C: Clock + Clone = DefaultClock> {
     limiter: RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>,
     clock: C,
     per_minute: NonZeroU32,
-    /// Time to earn back one unit.
-    interval: Duration,
+    /// Cells per unit.
+    scale: u32,
+    /// Time to earn back one cell.
+    cell: Duration,
 }
 
 impl std::fmt::Debug for MemoryLimit {
@@ -38,18 +45,26 @@ impl MemoryLimit {
     }
 }
 
+/// Cells per unit: as many as fit governor's `u32` burst, at most 1000.
+fn scale_for(per_minute: NonZeroU32) -> u32 {
+    (u32::MAX / per_minute.get()).clamp(1, 1000)
+}
+
 impl<C: Clock + Clone> MemoryLimit<C> {
     /// The same, on a given clock.
     pub fn with_clock(per_minute: NonZeroU32, clock: C) -> Self {
-        let quota = Quota::per_minute(per_minute);
-        let interval = quota.replenish_interval();
+        let scale = scale_for(per_minute);
+        let cells = per_minute.saturating_mul(NonZeroU32::new(scale).unwrap_or(NonZeroU32::MIN));
+        let quota = Quota::per_minute(cells);
+        let cell = quota.replenish_interval();
         let limiter = RateLimiter::direct_with_clock(quota, clock.clone())
             .with_middleware::<StateInformationMiddleware>();
         Self {
             limiter,
             clock,
             per_minute,
-            interval,
+            scale,
+            cell,
         }
     }
 
@@ -59,54 +74,46 @@ impl<C: Clock + Clone> MemoryLimit<C> {
 
     /// Charges `cost` (at most `per_minute`) if it fits now.
     pub fn check(&self, cost: NonZeroU32) -> Verdict {
-        let limit = u64::from(self.per_minute.get());
-        match self.limiter.check_n(cost) {
+        let charge = cost.saturating_mul(NonZeroU32::new(self.scale).unwrap_or(NonZeroU32::MIN));
+        match self.limiter.check_n(charge) {
             Ok(Ok(snapshot)) => {
-                let remaining = u64::from(snapshot.remaining_burst_capacity());
-                Verdict::Allowed(self.state(remaining))
+                Verdict::Allowed(self.state(u64::from(snapshot.remaining_burst_capacity())))
             }
             Ok(Err(not_until)) => {
                 let retry_after = not_until.wait_time_from(self.clock.now());
-                // Waiting earns one unit per interval: what is missing is what the wait buys.
-                let missing = ceil_div(retry_after, self.interval);
-                let remaining = u64::from(cost.get()).saturating_sub(missing);
+                // Waiting earns one cell per interval: what is missing is what the wait buys.
+                let missing = ceil_div(retry_after, self.cell);
+                let left = u64::from(charge.get()).saturating_sub(missing);
+                // Exact: once `cost` is back, the rest of the allowance follows.
+                let rest = self.per_minute.get() - cost.get().min(self.per_minute.get());
+                let reset = retry_after
+                    .saturating_add(self.cell.saturating_mul(self.scale.saturating_mul(rest)));
                 Verdict::Refused {
-                    state: self.state(remaining),
+                    state: LimitState {
+                        reset,
+                        ..self.state(left)
+                    },
                     retry_after,
                 }
             }
             // Callers never charge more than the allowance (`limits::enforce`).
             Err(_insufficient) => Verdict::Refused {
                 state: self.state(0),
-                retry_after: self.interval.saturating_mul(self.per_minute.get()),
+                retry_after: Duration::from_secs(60),
             },
         }
-        .clamp(limit)
     }
 
-    fn state(&self, remaining: u64) -> LimitState {
+    /// The state with `cells` left.
+    fn state(&self, cells: u64) -> LimitState {
         let limit = u64::from(self.per_minute.get());
-        let spent = u32::try_from(limit.saturating_sub(remaining)).unwrap_or(u32::MAX);
+        let all = limit * u64::from(self.scale);
+        let cells = cells.min(all);
+        let spent = u32::try_from(all - cells).unwrap_or(u32::MAX);
         LimitState {
             limit,
-            remaining,
-            reset: self.interval.saturating_mul(spent),
-        }
-    }
-}
-
-impl Verdict {
-    fn clamp(self, limit: u64) -> Self {
-        let fix = |mut s: LimitState| {
-            s.remaining = s.remaining.min(limit);
-            s
-        };
-        match self {
-            Self::Allowed(s) => Self::Allowed(fix(s)),
-            Self::Refused { state, retry_after } => Self::Refused {
-                state: fix(state),
-                retry_after,
-            },
+            remaining: cells / u64::from(self.scale),
+            reset: self.cell.saturating_mul(spent),
         }
     }
 }
@@ -167,6 +174,20 @@ mod tests {
         assert!(matches!(l.check(n(400)), Verdict::Allowed(s) if s.remaining == 0));
         clock.advance(Duration::from_secs(60));
         assert!(matches!(l.check(n(1000)), Verdict::Allowed(s) if s.remaining == 0));
+    }
+
+    #[test]
+    fn reset_counts_partly_earned_units() {
+        let (l, clock) = limit(1);
+        assert!(
+            matches!(l.check(one()), Verdict::Allowed(s) if s.reset == Duration::from_secs(60))
+        );
+        clock.advance(Duration::from_secs(59));
+        let Verdict::Refused { state, retry_after } = l.check(one()) else {
+            panic!("allowed after 59 s of 60");
+        };
+        assert_eq!(retry_after, Duration::from_secs(1));
+        assert_eq!((state.remaining, state.reset), (0, Duration::from_secs(1)));
     }
 
     #[test]

@@ -5,12 +5,15 @@
 //! [`Verdict`], which carries what the `x-ratelimit-*` headers report. [`enforce`] is the one
 //! place a verdict becomes a refusal, a fact for the access log, or a backend-error policy.
 
+pub mod in_flight;
 pub mod memory;
 pub mod redis;
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::config::OnBackendError;
 use crate::context::RequestContext;
@@ -71,16 +74,19 @@ pub enum Store {
 #[derive(Debug)]
 pub struct Limit {
     store: Store,
-    /// The state the last check of this process saw, and when: what [`Limit::peek`]
-    /// extrapolates for responses this limit did not check.
-    last: Mutex<Option<(LimitState, Instant)>>,
+    /// When this process's last check expected the allowance to be whole again, in ns
+    /// after `epoch`: what [`Limit::peek`] reads for responses this limit did not check.
+    /// One atomic store per check, no lock.
+    full_at: AtomicU64,
+    epoch: Instant,
 }
 
 impl Limit {
     pub fn new(store: Store) -> Self {
         Self {
             store,
-            last: Mutex::new(None),
+            full_at: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 
@@ -98,30 +104,23 @@ impl Limit {
             Store::Memory(l) => l.check(cost),
             Store::Redis(l) => l.check(cost).await?,
         };
-        let state = match verdict {
-            Verdict::Allowed(s) | Verdict::Refused { state: s, .. } => s,
-        };
-        if let Ok(mut last) = self.last.lock() {
-            *last = Some((state, Instant::now()));
-        }
+        let (Verdict::Allowed(state) | Verdict::Refused { state, .. }) = verdict;
+        let full_at = self.epoch.elapsed().saturating_add(state.reset);
+        self.full_at.store(
+            u64::try_from(full_at.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         Ok(verdict)
     }
 
     /// The state now, without charging anything: the last check's state plus what has come
-    /// back since (GCRA earns back at a constant rate, so this is exact for the memory store
-    /// and this process's view for Redis). For the headers of responses this limit did not
-    /// check (a request refused before the token check, `/v1/models`, inspect).
+    /// back since (GCRA earns back at a constant rate, so this is what a check would see for
+    /// the memory store, and this process's latest view for Redis). For the headers of
+    /// responses this limit did not check (a request refused earlier, `/v1/models`, inspect).
     pub fn peek(&self) -> LimitState {
         let limit = u64::from(self.per_minute().get());
-        let last = self.last.lock().ok().and_then(|l| *l);
-        let Some((state, at)) = last else {
-            return LimitState {
-                limit,
-                remaining: limit,
-                reset: Duration::ZERO,
-            };
-        };
-        let reset = state.reset.saturating_sub(at.elapsed());
+        let full_at = Duration::from_nanos(self.full_at.load(Ordering::Relaxed));
+        let reset = full_at.saturating_sub(self.epoch.elapsed());
         // Units still missing: the reset time in intervals of 60 s / limit, rounded up.
         let missing = (reset.as_nanos() * u128::from(limit)).div_ceil(60_000_000_000);
         LimitState {
@@ -192,7 +191,11 @@ pub async fn enforce(
 
 /// A duration as OpenAI writes `x-ratelimit-reset-*`: Go's format ("6m0s", "1.5s", "12ms").
 pub fn reset_text(d: Duration) -> String {
-    let ms = d.as_millis();
+    if d.is_zero() {
+        return "0s".to_owned();
+    }
+    // Whole milliseconds, rounded up: a client waiting this long is never early.
+    let ms = d.as_nanos().div_ceil(1_000_000);
     if ms < 1000 {
         return format!("{ms}ms");
     }
@@ -216,7 +219,7 @@ pub fn reset_text(d: Duration) -> String {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn peek_reports_without_charging() {
         let n = |v: u32| NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN);
         let limit = Limit::new(Store::Memory(memory::MemoryLimit::new(n(600))));
@@ -225,23 +228,28 @@ mod tests {
             (fresh.limit, fresh.remaining, fresh.reset),
             (600, 600, Duration::ZERO)
         );
-        assert!(matches!(limit.check(n(300)).await, Ok(Verdict::Allowed(s)) if s.remaining == 300));
+        let charged = limit.check(n(300)).await;
+        assert!(
+            matches!(charged, Ok(Verdict::Allowed(s)) if s.remaining == 300),
+            "{charged:?}"
+        );
         for _ in 0..3 {
             let p = limit.peek();
-            // 300 spent; at most a few ms have passed (one unit per 100 ms).
-            assert!((300..=301).contains(&p.remaining), "{p:?}");
-            assert!(
-                p.reset <= Duration::from_secs(30) && p.reset > Duration::from_secs(29),
-                "{p:?}"
-            );
+            assert_eq!((p.remaining, p.reset), (300, Duration::from_secs(30)));
         }
-        assert!(matches!(limit.check(n(300)).await, Ok(Verdict::Allowed(s)) if s.remaining <= 1));
+        // Paused time: 10 s earn back exactly 100 (one per 100 ms).
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let p = limit.peek();
+        assert_eq!((p.remaining, p.reset), (400, Duration::from_secs(20)));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(limit.peek().remaining, 600);
     }
 
     #[test]
     fn reset_is_written_like_openai() {
         let cases = [
-            (Duration::from_millis(0), "0ms"),
+            (Duration::ZERO, "0s"),
+            (Duration::from_micros(1), "1ms"),
             (Duration::from_millis(12), "12ms"),
             (Duration::from_millis(999), "999ms"),
             (Duration::from_secs(1), "1s"),

@@ -8,20 +8,24 @@
 //!
 //! An outage (refused connection, timeout) is reported as [`BackendError`] to the caller,
 //! which applies `on_backend_error`; it is logged once when it starts and once when Redis
-//! answers again. The connection manager reconnects in the background: no restart needed.
+//! answers again. While it lasts, one check every 250 ms tries Redis and the others fail at
+//! once, so a Redis that drops packets does not add `redis_timeout_ms` to every request.
+//! The connection manager reconnects in the background: no restart needed.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{BackendError, LimitKind, LimitState, Verdict};
 
-/// GCRA in one atomic step. KEYS[1]: the limit's theoretical arrival time (µs, Redis time).
-/// ARGV: emission interval (µs per unit), allowance (units), cost (units).
-/// Returns {allowed 0|1, remaining, retry_after_µs, reset_µs}.
+/// GCRA in one atomic step. KEYS[1]: the limit's theoretical arrival time (µs, Redis time,
+/// stored with full double precision). ARGV: emission interval (µs per unit, at least 1:
+/// config refuses larger allowances with this backend), allowance (units), cost (units).
+/// Returns {allowed 0|1, remaining, retry_after_µs, reset_µs}. Needs Redis 5 or newer
+/// (scripts that call TIME before writing are replicated by effects).
 pub const GCRA_SCRIPT: &str = r"
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
@@ -33,11 +37,12 @@ if tat < now then tat = now end
 local window = interval * allowance
 local new_tat = tat + interval * cost
 local allow_at = new_tat - window
+-- Units are floored with a little slack so that float error never loses a whole one.
 if allow_at > now then
-  return {0, math.floor((now - (tat - window)) / interval), math.ceil(allow_at - now), math.ceil(tat - now)}
+  return {0, math.floor((now - (tat - window)) / interval + 1e-6), math.ceil(allow_at - now), math.ceil(tat - now)}
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
-return {1, math.floor((now - allow_at) / interval), 0, math.ceil(new_tat - now)}
+redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
+return {1, math.floor((now - allow_at) / interval + 1e-6), 0, math.ceil(new_tat - now)}
 ";
 
 /// The connection shared by every Redis-backed limit.
@@ -47,7 +52,14 @@ pub struct RedisBackend {
     timeout: Duration,
     /// False during an outage, so it is logged once, not once per request.
     reachable: AtomicBool,
+    /// During an outage, when the last attempt went out (ms after `epoch`): other checks
+    /// fail at once instead of each waiting `timeout` for a Redis that drops packets.
+    last_attempt_ms: AtomicU64,
+    epoch: Instant,
 }
+
+/// During an outage, at most one check every this many ms tries Redis.
+const PROBE_EVERY_MS: u64 = 250;
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -74,6 +86,8 @@ impl RedisBackend {
             script: redis::Script::new(GCRA_SCRIPT),
             timeout,
             reachable: AtomicBool::new(true),
+            last_attempt_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         }))
     }
 
@@ -91,6 +105,20 @@ impl RedisBackend {
         allowance: u32,
         cost: u32,
     ) -> Result<[i64; 4], BackendError> {
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if !self.reachable.load(Ordering::Relaxed) {
+            let last = self.last_attempt_ms.load(Ordering::Relaxed);
+            let due = now_ms.saturating_sub(last) >= PROBE_EVERY_MS;
+            // One caller wins the probe; the others fail fast.
+            if !due
+                || self
+                    .last_attempt_ms
+                    .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                return Err(BackendError);
+            }
+        }
         let mut conn = self.conn.clone();
         let mut call = self.script.key(key);
         call.arg(interval_us).arg(allowance).arg(cost);
@@ -111,6 +139,7 @@ impl RedisBackend {
                 Ok(v)
             }
             Err(error) => {
+                self.last_attempt_ms.store(now_ms, Ordering::Relaxed);
                 if self.reachable.swap(false, Ordering::Relaxed) {
                     tracing::error!(%error, "rate-limit backend (Redis) unreachable; rate_limits.on_backend_error applies until it answers");
                 }

@@ -23,8 +23,8 @@ use crate::chat::ReadyChat;
 use crate::context::RequestContext;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::headers::strip_hop_by_hop;
-use crate::layer::admission::InFlight;
 use crate::layer::request_id::X_REQUEST_ID;
+use crate::limits::in_flight::InFlight;
 use crate::metrics::UpstreamErrorKind;
 
 /// The upstream's own request id, kept under another name so ours stays authoritative.

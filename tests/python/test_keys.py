@@ -37,6 +37,14 @@ def ask(c: openai.OpenAI, model: str = MODEL, **kw):
     return c.chat.completions.with_raw_response.create(model=model, **kw)
 
 
+def seconds(go_duration: str) -> float:
+    """Parses OpenAI's reset format ("1m0.5s", "59.947s", "12ms")."""
+    m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m(?!s))?(?:([\d.]+)s)?(?:(\d+)ms)?", go_duration)
+    assert m and go_duration, go_duration
+    h, mins, secs, ms = m.groups()
+    return int(h or 0) * 3600 + int(mins or 0) * 60 + float(secs or 0) + int(ms or 0) / 1000
+
+
 def error_of(exc: openai.APIStatusError) -> dict:
     body = exc.body
     assert isinstance(body, dict), exc
@@ -193,7 +201,9 @@ def test_requests_per_minute_then_rate_limit_error_with_headers(start_gateway, u
     assert h["retry-after"] == "20", h
     assert 19_000 < int(h["retry-after-ms"]) <= 20_000, h
     assert h["x-ratelimit-remaining-requests"] == "0"
-    assert h["x-ratelimit-reset-requests"] == "1m0s" or h["x-ratelimit-reset-requests"].endswith("s")
+    # Whole again once the wait is over and the other two have come back (20 s each).
+    reset = seconds(h["x-ratelimit-reset-requests"])
+    assert 40 + int(h["retry-after-ms"]) / 1000 - 0.002 <= reset <= 60, h
 
 
 def test_every_response_to_a_limited_key_carries_both_trios(start_gateway, upstreams, models):
@@ -473,19 +483,23 @@ def _limited_gateway(start_gateway, upstreams, models, redis, on_error: str = "a
     )
 
 
-def test_two_gateways_share_one_redis_limit_exactly(start_gateway, upstreams, models, redis):
-    g1 = _limited_gateway(start_gateway, upstreams, models, redis)
-    g2 = _limited_gateway(start_gateway, upstreams, models, redis)
+@pytest.mark.parametrize("rpm", [5, 7], ids=["5rpm", "7rpm-fractional-interval"])
+def test_two_gateways_share_one_redis_limit_exactly(start_gateway, upstreams, models, redis, rpm):
+    g1 = _limited_gateway(start_gateway, upstreams, models, redis, rpm=rpm)
+    g2 = _limited_gateway(start_gateway, upstreams, models, redis, rpm=rpm)
     c1, c2 = client_for(g1, KEY_A), client_for(g2, KEY_A)
     seen = []
-    for i in range(5):
+    for i in range(rpm):
         r = ask((c1, c2)[i % 2])
         seen.append(r.http_response.headers["x-ratelimit-remaining-requests"])
-    assert seen == ["4", "3", "2", "1", "0"]
+    assert seen == [str(n) for n in range(rpm - 1, -1, -1)]
     for c in (c1, c2):
         with pytest.raises(openai.RateLimitError) as e:
             ask(c)
-        assert e.value.response.headers["retry-after"] == "12"
+        # One request comes back every 60/rpm s.
+        assert e.value.response.headers["retry-after"] == str(-(-60 // rpm))
+        reset = seconds(e.value.response.headers["x-ratelimit-reset-requests"])
+        assert 60 - 2 <= reset <= 60, e.value.response.headers
     assert b"vision-gateway:requests:team-a" in redis.command("KEYS", "*")
 
 
@@ -493,6 +507,18 @@ def _backend_errors(g) -> float:
     text = httpx2.get(f"{g.url}/metrics", timeout=5).text
     m = re.search(r"^vision_gateway_rate_limit_backend_errors_total (\S+)$", text, re.M)
     return float(m.group(1)) if m else 0.0
+
+
+def _wait_access_lines(g, n: int) -> None:
+    """Waits until `n` chat requests have their access line (metrics are recorded with it)."""
+    seen: list[dict] = []
+
+    def done(e: dict) -> bool:
+        if e.get("message") == "request" and e.get("path") == "/v1/chat/completions":
+            seen.append(e)
+        return len(seen) >= n
+
+    assert g.wait_for_event(done, timeout=10), g.log_text()
 
 
 def _outage_lines(g) -> int:
@@ -508,6 +534,7 @@ def test_redis_outage_with_allow_lets_requests_through_and_recovers(start_gatewa
         r = ask(c)
         assert r.http_response.status_code == 200
         assert "x-ratelimit-remaining-requests" not in r.http_response.headers
+    _wait_access_lines(g, 6)
     assert _backend_errors(g) == 5
     assert _outage_lines(g) == 1, g.log_text()  # once per outage, not once per request
     redis.start()  # same port, empty: the limit starts afresh
@@ -538,6 +565,7 @@ def test_redis_outage_with_deny_refuses_and_recovers(start_gateway, upstreams, m
         assert e.value.status_code == 503
         assert error_of(e.value)["code"] == "overloaded"
         assert "rate-limit backend" in error_of(e.value)["message"]
+    _wait_access_lines(g, 4)
     assert _outage_lines(g) == 1, g.log_text()
     redis.start()
     status = None
