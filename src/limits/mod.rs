@@ -102,7 +102,9 @@ impl Limit {
     pub async fn check(&self, cost: NonZeroU32) -> Result<Verdict, BackendError> {
         let verdict = match &self.store {
             Store::Memory(l) => l.check(cost),
-            Store::Redis(l) => l.check(cost).await?,
+            // Boxed: the Redis round trip's future is large, and every checkpoint future
+            // that may await a check would carry (and move) its size on every request.
+            Store::Redis(l) => Box::pin(l.check(cost)).await?,
         };
         let (Verdict::Allowed(state) | Verdict::Refused { state, .. }) = verdict;
         let full_at = self.epoch.elapsed().saturating_add(state.reset);
