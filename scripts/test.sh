@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "Debian packages (build: cmake, nasm; tests: mate-backgrounds photos, chromium for the playground)"
+step "Debian packages (build: cmake, nasm; tests: mate-backgrounds photos, redis-server for shared limits, chromium for the playground)"
 ./scripts/install-deps.sh test
 
 step "cargo fmt --check"
