@@ -256,6 +256,38 @@ def test_an_upstream_429_keeps_its_own_headers(start_gateway, upstreams, models)
     assert "x-ratelimit-limit-requests" not in h, h
 
 
+def test_the_providers_figures_never_mix_with_the_keys(start_gateway, recording_upstream):
+    from recording_upstream import default_handler
+
+    def with_provider_headers(req):
+        reply = default_handler(req)
+        reply.head = reply.head.replace(
+            b"\r\n\r\n",
+            b"\r\nx-ratelimit-limit-tokens: 30000000\r\nx-ratelimit-remaining-tokens: 29999000\r\n"
+            b"x-ratelimit-limit-requests: 10000\r\n\r\n",
+            1,
+        )
+        return reply
+
+    recording_upstream.handler = with_provider_headers
+    g = start_gateway(
+        [{"name": "rec", "base_url": recording_upstream.base_url}],
+        [{"id": MODEL, "upstream": "rec"}],
+        keys=[
+            {"name": "limited", "key_env": "TEAM_A_KEY", "requests_per_minute": 5},
+            {"name": "unlimited", "key_env": "TEAM_B_KEY"},
+        ],
+        env={"TEAM_A_KEY": KEY_A, "TEAM_B_KEY": KEY_B},
+    )
+    h = ask(client_for(g, KEY_A)).http_response.headers
+    # The key limits requests only: its trio, and nothing of the provider account's.
+    assert h["x-ratelimit-limit-requests"] == "5", h
+    assert "x-ratelimit-limit-tokens" not in h and "x-ratelimit-remaining-tokens" not in h, h
+    # A key without limits sees the upstream's headers as they came.
+    h = ask(client_for(g, KEY_B)).http_response.headers
+    assert h["x-ratelimit-limit-tokens"] == "30000000" and h["x-ratelimit-limit-requests"] == "10000", h
+
+
 def test_the_sdk_waits_for_retry_after_and_does_not_retry_a_request_that_never_fits(
     start_gateway, upstreams, models
 ):
