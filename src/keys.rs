@@ -8,11 +8,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, header};
+use http::{HeaderMap, Request, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Config, KeyConfig, LimitBackend, ModelPermission, OnBackendError};
+use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::limits::in_flight::InFlightCap;
 use crate::limits::memory::MemoryLimit;
@@ -127,6 +128,22 @@ impl KeyTable {
         found
             .map(|k| Some(Caller(k.clone())))
             .ok_or(GatewayError::InvalidApiKey)
+    }
+
+    /// [`Self::authenticate`] for a request, recording the caller in its context, where the
+    /// response side (access log, metrics, `x-ratelimit-*`) finds it. The one way routes
+    /// authenticate.
+    pub fn authenticate_request<B>(
+        &self,
+        req: &Request<B>,
+    ) -> Result<Option<Caller>, GatewayError> {
+        let caller = self.authenticate(req.headers())?;
+        if let (Some(Caller(key)), Some(ctx)) =
+            (&caller, req.extensions().get::<Arc<RequestContext>>())
+        {
+            let _ = ctx.caller.set(key.clone());
+        }
+        Ok(caller)
     }
 }
 

@@ -14,7 +14,6 @@ use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
 use crate::body::ResponseBody;
-use crate::context::RequestContext;
 use crate::error::{GatewayError, bounded};
 use crate::health::{Readiness, ReadyState};
 use crate::keys::{Caller, KeyTable};
@@ -70,7 +69,7 @@ impl Service<Request<Incoming>> for Router {
                 Err(wrong_method(path, method, "POST"))
             }
             "/v1/models" => get_only(path, method)
-                .and_then(|()| authenticate(&self.keys, &req))
+                .and_then(|()| self.keys.authenticate_request(&req))
                 .map(|caller| {
                     let body = match caller {
                         Some(Caller(key)) => key.models_json.clone(),
@@ -108,7 +107,7 @@ impl Service<Request<Incoming>> for Router {
             _ => match path.strip_prefix("/v1/models/") {
                 Some(id) => get_only(path, method).and_then(|()| {
                     let id = percent_decode(id);
-                    if let Some(Caller(key)) = authenticate(&self.keys, &req)?
+                    if let Some(Caller(key)) = self.keys.authenticate_request(&req)?
                         && !key.models.allows(&id)
                     {
                         return Err(GatewayError::ModelNotPermitted {
@@ -128,16 +127,6 @@ impl Service<Request<Incoming>> for Router {
         };
         Box::pin(std::future::ready(answer))
     }
-}
-
-/// The caller of a route answered here, recorded for the log and the `x-ratelimit-*` headers.
-fn authenticate<B>(keys: &KeyTable, req: &Request<B>) -> Result<Option<Caller>, GatewayError> {
-    let caller = keys.authenticate(req.headers())?;
-    if let (Some(Caller(key)), Some(ctx)) = (&caller, req.extensions().get::<Arc<RequestContext>>())
-    {
-        let _ = ctx.caller.set(key.clone());
-    }
-    Ok(caller)
 }
 
 fn percent_decode(s: &str) -> String {

@@ -56,7 +56,7 @@ impl<B: Send + 'static> Checkpoint<B> for Admit {
     type Out = B;
 
     async fn check(&self, mut req: Request<B>) -> Result<Request<B>, GatewayError> {
-        let caller = self.keys.authenticate(req.headers())?;
+        let caller = self.keys.authenticate_request(&req)?;
         let gateway = self.in_flight.try_take().ok_or(GatewayError::Overloaded {
             max: self.in_flight.max(),
         })?;
@@ -66,9 +66,6 @@ impl<B: Send + 'static> Checkpoint<B> for Admit {
             // Checked, it has done its work: nothing below may see or forward it.
             req.headers_mut().remove(header::AUTHORIZATION);
             let ctx = req.extensions().get::<Arc<RequestContext>>().cloned();
-            if let Some(ctx) = &ctx {
-                let _ = ctx.caller.set(key.clone());
-            }
             if let Some(cap) = &key.concurrency {
                 key_slot = Some(cap.try_take().ok_or_else(|| {
                     if let Some(ctx) = &ctx {
@@ -93,6 +90,7 @@ impl<B: Send + 'static> Checkpoint<B> for Admit {
                 )
                 .await?;
             }
+            // The checks below read it here; the context's copy serves the response side.
             req.extensions_mut().insert(caller);
         }
         req.extensions_mut()
