@@ -111,12 +111,16 @@ impl ParsedChat {
         let messages = view
             .messages
             .ok_or(GatewayError::MissingField { field: "messages" })?;
-        let list: Vec<&RawValue> =
-            serde_json::from_str(messages.get()).map_err(|_| GatewayError::InvalidField {
+        // A `RawValue` is valid JSON without surrounding whitespace, so its first byte says
+        // whether it is an array, and the next non-blank byte whether that array is empty:
+        // no second walk over the messages.
+        let Some(inner) = messages.get().strip_prefix('[') else {
+            return Err(GatewayError::InvalidField {
                 field: "messages",
                 expected: "must be an array of messages",
-            })?;
-        if list.is_empty() {
+            });
+        };
+        if inner.trim_start().starts_with(']') {
             return Err(GatewayError::InvalidField {
                 field: "messages",
                 expected: "must contain at least one message",

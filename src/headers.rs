@@ -16,8 +16,23 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Not hop-by-hop by name, but always connection-scoped in practice (RFC 9113 8.2.2).
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether `name` is always connection-scoped (the names `Connection` lists are checked
+/// separately, and only when it is present, which this reports).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || *name == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop headers, including any the `Connection` header names.
+///
+/// Runs twice per proxied request. Most messages carry none, so one pass over the names
+/// decides, instead of a hashed removal per name.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -31,8 +46,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    // Not hop-by-hop by name, but always connection-scoped in practice (RFC 9113 8.2.2).
-    headers.remove("proxy-connection");
+    headers.remove(&PROXY_CONNECTION);
 }
 
 #[cfg(test)]
@@ -62,5 +76,17 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["content-type", "x-keep"]);
+    }
+
+    #[test]
+    fn each_hop_by_hop_name_alone_is_removed() {
+        for name in HOP_BY_HOP.iter().chain([&PROXY_CONNECTION]) {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+            strip_hop_by_hop(&mut h);
+            assert!(!h.contains_key(name), "{name} kept");
+            assert!(h.contains_key(header::ACCEPT), "{name}: accept removed");
+        }
     }
 }

@@ -47,9 +47,14 @@ pub fn is_sane(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
 }
 
+/// `req_` and a random UUID in 32 lowercase hex digits, written into a stack buffer (this
+/// runs on every request without a client id).
 fn fresh_id() -> HeaderValue {
-    let id = format!("req_{}", uuid::Uuid::new_v4().simple());
-    HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+    let mut buf = [0u8; 4 + uuid::fmt::Simple::LENGTH];
+    let (prefix, hex) = buf.split_at_mut(4);
+    prefix.copy_from_slice(b"req_");
+    uuid::Uuid::new_v4().simple().encode_lower(hex);
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
 }
 
 impl<S, B, RB> Service<Request<B>> for RequestId<S>

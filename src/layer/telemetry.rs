@@ -85,7 +85,8 @@ where
             metrics: self.metrics.clone(),
             method: req.method().clone(),
             route: Route::of(req.uri().path()),
-            path: bounded(req.uri().path()).into(),
+            // Only the log line prints it: not copied when the line is off.
+            path: access_log_on().then(|| bounded(req.uri().path()).into()),
             status: CLIENT_CLOSED,
             bytes: 0,
             first_byte: None,
@@ -119,7 +120,8 @@ struct Record {
     metrics: Option<Arc<Metrics>>,
     method: Method,
     route: Route,
-    path: Box<str>,
+    /// `None` when the access log is off.
+    path: Option<Box<str>>,
     status: StatusCode,
     bytes: u64,
     first_byte: Option<Duration>,
@@ -139,10 +141,15 @@ impl Record {
         if let Some(m) = &self.metrics {
             record_metrics(m, &self);
         }
-        if tracing::enabled!(target: "vision_gateway::access", tracing::Level::INFO) {
+        if access_log_on() {
             log_line(&self, complete);
         }
     }
+}
+
+/// Whether the access-log line is written (`RUST_LOG` at info or finer for it).
+fn access_log_on() -> bool {
+    tracing::enabled!(target: "vision_gateway::access", tracing::Level::INFO)
 }
 
 /// Owns the record until a response exists.
@@ -311,7 +318,7 @@ fn log_line(r: &Record, complete: bool) {
         target: "vision_gateway::access",
         request_id = %id,
         method = %r.method,
-        path = %r.path,
+        path = r.path.as_deref().unwrap_or("-"),
         model = ctx.and_then(|c| c.model.get()).map_or("-", |m| &**m),
         key = ctx.and_then(|c| c.caller.get()).map(|k| &*k.name),
         status = r.status.as_u16(),
