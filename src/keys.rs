@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, header};
+use http::{Extensions, HeaderMap, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -133,14 +133,13 @@ impl KeyTable {
     /// [`Self::authenticate`] for a request, recording the caller in its context, where the
     /// response side (access log, metrics, `x-ratelimit-*`) finds it. The one way routes
     /// authenticate.
-    pub fn authenticate_request<B>(
+    pub fn authenticate_request(
         &self,
-        req: &Request<B>,
+        headers: &HeaderMap,
+        extensions: &Extensions,
     ) -> Result<Option<Caller>, GatewayError> {
-        let caller = self.authenticate(req.headers())?;
-        if let (Some(Caller(key)), Some(ctx)) =
-            (&caller, req.extensions().get::<Arc<RequestContext>>())
-        {
+        let caller = self.authenticate(headers)?;
+        if let (Some(Caller(key)), Some(ctx)) = (&caller, extensions.get::<Arc<RequestContext>>()) {
             let _ = ctx.caller.set(key.clone());
         }
         Ok(caller)

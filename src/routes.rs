@@ -69,7 +69,10 @@ impl Service<Request<Incoming>> for Router {
                 Err(wrong_method(path, method, "POST"))
             }
             "/v1/models" => get_only(path, method)
-                .and_then(|()| self.keys.authenticate_request(&req))
+                .and_then(|()| {
+                    self.keys
+                        .authenticate_request(req.headers(), req.extensions())
+                })
                 .map(|caller| {
                     let body = match caller {
                         Some(Caller(key)) => key.models_json.clone(),
@@ -107,7 +110,9 @@ impl Service<Request<Incoming>> for Router {
             _ => match path.strip_prefix("/v1/models/") {
                 Some(id) => get_only(path, method).and_then(|()| {
                     let id = percent_decode(id);
-                    if let Some(Caller(key)) = self.keys.authenticate_request(&req)?
+                    if let Some(Caller(key)) = self
+                        .keys
+                        .authenticate_request(req.headers(), req.extensions())?
                         && !key.models.allows(&id)
                     {
                         return Err(GatewayError::ModelNotPermitted {

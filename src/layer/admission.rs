@@ -13,7 +13,8 @@
 
 use std::sync::Arc;
 
-use http::{Request, header};
+use http::header;
+use http::request::Parts;
 
 use super::checkpoint::Checkpoint;
 use crate::context::RequestContext;
@@ -55,8 +56,10 @@ impl Admit {
 impl<B: Send + 'static> Checkpoint<B> for Admit {
     type Out = B;
 
-    async fn check(&self, mut req: Request<B>) -> Result<Request<B>, GatewayError> {
-        let caller = self.keys.authenticate_request(&req)?;
+    async fn check(&self, head: &mut Parts, body: B) -> Result<B, GatewayError> {
+        let caller = self
+            .keys
+            .authenticate_request(&head.headers, &head.extensions)?;
         let gateway = self.in_flight.try_take().ok_or(GatewayError::Overloaded {
             max: self.in_flight.max(),
         })?;
@@ -64,8 +67,8 @@ impl<B: Send + 'static> Checkpoint<B> for Admit {
         if let Some(caller) = caller {
             let key = &caller.0;
             // Checked, it has done its work: nothing below may see or forward it.
-            req.headers_mut().remove(header::AUTHORIZATION);
-            let ctx = req.extensions().get::<Arc<RequestContext>>().cloned();
+            head.headers.remove(header::AUTHORIZATION);
+            let ctx = head.extensions.get::<Arc<RequestContext>>().cloned();
             if let Some(cap) = &key.concurrency {
                 key_slot = Some(cap.try_take().ok_or_else(|| {
                     if let Some(ctx) = &ctx {
@@ -91,10 +94,9 @@ impl<B: Send + 'static> Checkpoint<B> for Admit {
                 .await?;
             }
             // The checks below read it here; the context's copy serves the response side.
-            req.extensions_mut().insert(caller);
+            head.extensions.insert(caller);
         }
-        req.extensions_mut()
-            .insert(InFlight::new(gateway, key_slot));
-        Ok(req)
+        head.extensions.insert(InFlight::new(gateway, key_slot));
+        Ok(body)
     }
 }

@@ -1,14 +1,18 @@
-//! A checkpoint is one validation step of the chat stack: it takes a `Request<In>` and returns
-//! a `Request<Out>` or a [`GatewayError`]. It never builds a response (`error_response` does).
+//! A checkpoint is one validation step of the chat stack: it takes the request's head and a
+//! body of type `In` and returns a body of type `Out` or a [`GatewayError`]. It never builds
+//! a response (`error_response` does).
 //! [`CheckpointLayer`] puts any checkpoint into the tower stack, so each check is a small
 //! type with its own file and doc, and the type of the request says what has been checked.
 //! Consecutive checkpoints are joined with [`Checkpoint::then`] into one layer: the steps
 //! stay separate types, the request pays for one boxed future instead of one per step.
+//! The head (`http::request::Parts`, about 200 bytes) stays in that future and is lent to
+//! each step: only the body moves from step to step.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use http::request::Parts;
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
 
@@ -20,11 +24,13 @@ pub trait Checkpoint<In>: Clone + Send + Sync + 'static {
     /// What the request body becomes once checked.
     type Out: Send + 'static;
 
-    /// Checks (and possibly transforms) the request.
+    /// Checks (and possibly transforms) the request. `head` may be edited (a header
+    /// removed, an extension added); the body is consumed and its next form returned.
     fn check(
         &self,
-        req: Request<In>,
-    ) -> impl Future<Output = Result<Request<Self::Out>, GatewayError>> + Send;
+        head: &mut Parts,
+        body: In,
+    ) -> impl Future<Output = Result<Self::Out, GatewayError>> + Send;
 
     /// This checkpoint, then `next` on what it returns: one checkpoint for the pair, so a
     /// chain of them costs one boxed future per request, not one per step.
@@ -49,9 +55,9 @@ where
 {
     type Out = B::Out;
 
-    async fn check(&self, req: Request<In>) -> Result<Request<B::Out>, GatewayError> {
-        let checked = self.0.check(req).await?;
-        self.1.check(checked).await
+    async fn check(&self, head: &mut Parts, body: In) -> Result<B::Out, GatewayError> {
+        let checked = self.0.check(head, body).await?;
+        self.1.check(head, checked).await
     }
 }
 
@@ -102,8 +108,9 @@ where
         let check = self.check.clone();
         let inner = self.inner.clone();
         Box::pin(async move {
-            let req = check.check(req).await?;
-            inner.oneshot(req).await
+            let (mut head, body) = req.into_parts();
+            let body = check.check(&mut head, body).await?;
+            inner.oneshot(Request::from_parts(head, body)).await
         })
     }
 }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use http::Request;
+use http::request::Parts;
 
 use super::checkpoint::Checkpoint;
 use crate::chat::{ReadyChat, VisionChat};
@@ -53,18 +53,17 @@ impl ContextBudget {
 impl Checkpoint<VisionChat> for ContextBudget {
     type Out = ReadyChat;
 
-    async fn check(&self, req: Request<VisionChat>) -> Result<Request<ReadyChat>, GatewayError> {
-        let (parts, vision) = req.into_parts();
+    async fn check(&self, head: &mut Parts, vision: VisionChat) -> Result<ReadyChat, GatewayError> {
         let tokens = Self::count(&vision);
         // Without a window and without images the text was not counted (`CountImages` skips
         // the walk): log no estimate rather than a zero.
         let counted = vision.chat.route.config.context_window.is_some()
             || !vision.images.is_empty()
-            || parts
+            || head
                 .extensions
                 .get::<Caller>()
                 .is_some_and(Caller::counts_tokens);
-        if let Some(ctx) = parts.extensions.get::<Arc<RequestContext>>()
+        if let Some(ctx) = head.extensions.get::<Arc<RequestContext>>()
             && counted
         {
             let _ = ctx
@@ -72,12 +71,9 @@ impl Checkpoint<VisionChat> for ContextBudget {
                 .set(tokens.text.saturating_add(tokens.images));
         }
         Self::check(&vision, tokens)?;
-        Ok(Request::from_parts(
-            parts,
-            ReadyChat {
-                chat: vision.chat,
-                tokens,
-            },
-        ))
+        Ok(ReadyChat {
+            chat: vision.chat,
+            tokens,
+        })
     }
 }

@@ -4,7 +4,7 @@
 //! `param: "messages"`, and more `image_url` parts than the model's `max_images` get 400
 //! `too_many_images`, before anything is fetched or decoded.
 
-use http::Request;
+use http::request::Parts;
 
 use super::checkpoint::Checkpoint;
 use crate::chat::{ChatRequest, ScannedChat};
@@ -56,14 +56,17 @@ impl CountImages {
 impl Checkpoint<ChatRequest> for CountImages {
     type Out = ScannedChat;
 
-    async fn check(&self, req: Request<ChatRequest>) -> Result<Request<ScannedChat>, GatewayError> {
-        let (parts, chat) = req.into_parts();
+    async fn check(
+        &self,
+        head: &mut Parts,
+        chat: ChatRequest,
+    ) -> Result<ScannedChat, GatewayError> {
         // A key with a token limit is charged the estimate: the text must be counted.
-        let need_text = parts
+        let need_text = head
             .extensions
             .get::<Caller>()
             .is_some_and(Caller::counts_tokens);
         let scan = Self::scan(&chat, need_text)?;
-        Ok(Request::from_parts(parts, ScannedChat { chat, scan }))
+        Ok(ScannedChat { chat, scan })
     }
 }

@@ -5,7 +5,7 @@
 //! after the body is read: it is cheap, and every later step needs the model.
 
 use bytes::Bytes;
-use http::Request;
+use http::request::Parts;
 
 use super::checkpoint::Checkpoint;
 use crate::chat::ParsedChat;
@@ -19,12 +19,11 @@ pub struct ParseChat;
 impl Checkpoint<Bytes> for ParseChat {
     type Out = ParsedChat;
 
-    async fn check(&self, req: Request<Bytes>) -> Result<Request<ParsedChat>, GatewayError> {
-        let (parts, body) = req.into_parts();
+    async fn check(&self, head: &mut Parts, body: Bytes) -> Result<ParsedChat, GatewayError> {
         let parsed = ParsedChat::parse(body)?;
-        if let Some(ctx) = parts.extensions.get::<std::sync::Arc<RequestContext>>() {
+        if let Some(ctx) = head.extensions.get::<std::sync::Arc<RequestContext>>() {
             let _ = ctx.model.set(bounded(&parsed.model).into());
         }
-        Ok(Request::from_parts(parts, parsed))
+        Ok(parsed)
     }
 }

@@ -2,7 +2,7 @@
 //! After `resolve_model`, so an unknown model is still 404 for everyone; on an open gateway
 //! (no `[[keys]]`, no `Caller`) it lets everything through.
 
-use http::Request;
+use http::request::Parts;
 
 use super::checkpoint::Checkpoint;
 use crate::chat::ChatRequest;
@@ -16,15 +16,19 @@ pub struct PermitModel;
 impl Checkpoint<ChatRequest> for PermitModel {
     type Out = ChatRequest;
 
-    async fn check(&self, req: Request<ChatRequest>) -> Result<Request<ChatRequest>, GatewayError> {
-        if let Some(Caller(key)) = req.extensions().get::<Caller>()
-            && !key.models.allows(&req.body().parsed.model)
+    async fn check(
+        &self,
+        head: &mut Parts,
+        chat: ChatRequest,
+    ) -> Result<ChatRequest, GatewayError> {
+        if let Some(Caller(key)) = head.extensions.get::<Caller>()
+            && !key.models.allows(&chat.parsed.model)
         {
             return Err(GatewayError::ModelNotPermitted {
                 key: key.name.clone(),
-                model: bounded(&req.body().parsed.model),
+                model: bounded(&chat.parsed.model),
             });
         }
-        Ok(req)
+        Ok(chat)
     }
 }

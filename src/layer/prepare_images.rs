@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::Request;
+use http::request::Parts;
 
 use super::checkpoint::Checkpoint;
 use crate::chat::{Edit, ScannedChat, VisionChat};
@@ -52,8 +52,11 @@ impl PrepareImages {
 impl Checkpoint<ScannedChat> for PrepareImages {
     type Out = VisionChat;
 
-    async fn check(&self, req: Request<ScannedChat>) -> Result<Request<VisionChat>, GatewayError> {
-        let (parts, ScannedChat { mut chat, scan }) = req.into_parts();
+    async fn check(
+        &self,
+        head: &mut Parts,
+        ScannedChat { mut chat, scan }: ScannedChat,
+    ) -> Result<VisionChat, GatewayError> {
         let images = if scan.images.is_empty() {
             Vec::new()
         } else {
@@ -67,7 +70,7 @@ impl Checkpoint<ScannedChat> for PrepareImages {
                     Collect::UntilFailure,
                 )
                 .await;
-            let ctx = parts.extensions.get::<Arc<RequestContext>>();
+            let ctx = head.extensions.get::<Arc<RequestContext>>();
             let sent = Self::first_failure(&scan.images, results).inspect_err(|e| {
                 if let (Some(ctx), GatewayError::Image { failure, .. }) = (ctx, e) {
                     let _ = ctx.image_failure.set(failure.kind());
@@ -86,14 +89,11 @@ impl Checkpoint<ScannedChat> for PrepareImages {
             }
             sent
         };
-        Ok(Request::from_parts(
-            parts,
-            VisionChat {
-                chat,
-                text_tokens: scan.text_tokens,
-                images,
-            },
-        ))
+        Ok(VisionChat {
+            chat,
+            text_tokens: scan.text_tokens,
+            images,
+        })
     }
 }
 

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::Request;
+use http::request::Parts;
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -48,16 +48,15 @@ enum Read {
 impl Checkpoint<Incoming> for ReadBody {
     type Out = Bytes;
 
-    async fn check(&self, req: Request<Incoming>) -> Result<Request<Bytes>, GatewayError> {
+    async fn check(&self, head: &mut Parts, mut body: Incoming) -> Result<Bytes, GatewayError> {
         let too_large = GatewayError::BodyTooLarge {
             limit: self.max_bytes,
         };
-        let announced = req
-            .headers()
+        let announced = head
+            .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let (parts, mut body) = req.into_parts();
         if let Some(len) = announced.filter(|&len| len > self.max_bytes) {
             if len <= self.max_bytes.saturating_add(DRAIN_MAX) {
                 drain(&mut body, len).await;
@@ -76,10 +75,10 @@ impl Checkpoint<Incoming> for ReadBody {
             }
             Ok(Read::Broken) => Err(GatewayError::BodyRead),
             Ok(Read::Whole(bytes)) => {
-                if let Some(ctx) = parts.extensions.get::<std::sync::Arc<RequestContext>>() {
+                if let Some(ctx) = head.extensions.get::<std::sync::Arc<RequestContext>>() {
                     ctx.mark(&ctx.body_read);
                 }
-                Ok(Request::from_parts(parts, bytes))
+                Ok(bytes)
             }
         }
     }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use http::Request;
+use http::request::Parts;
 
 use super::checkpoint::Checkpoint;
 use crate::chat::{ChatRequest, Edit, ParsedChat};
@@ -23,12 +23,15 @@ pub struct ResolveModel {
 impl Checkpoint<ParsedChat> for ResolveModel {
     type Out = ChatRequest;
 
-    async fn check(&self, req: Request<ParsedChat>) -> Result<Request<ChatRequest>, GatewayError> {
-        let (parts, parsed) = req.into_parts();
+    async fn check(
+        &self,
+        head: &mut Parts,
+        parsed: ParsedChat,
+    ) -> Result<ChatRequest, GatewayError> {
         let Some(route) = self.models.resolve(&parsed.model).cloned() else {
             return Err(GatewayError::model_not_found(&parsed.model));
         };
-        if let Some(ctx) = parts.extensions.get::<Arc<RequestContext>>() {
+        if let Some(ctx) = head.extensions.get::<Arc<RequestContext>>() {
             let _ = ctx.model_label.set(route.id.clone());
         }
         let mut edits = Vec::new();
@@ -38,13 +41,10 @@ impl Checkpoint<ParsedChat> for ResolveModel {
                 with: name.clone(),
             });
         }
-        Ok(Request::from_parts(
-            parts,
-            ChatRequest {
-                parsed,
-                route,
-                edits,
-            },
-        ))
+        Ok(ChatRequest {
+            parsed,
+            route,
+            edits,
+        })
     }
 }

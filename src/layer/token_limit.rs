@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use http::Request;
+use http::request::Parts;
 
 use super::checkpoint::Checkpoint;
 use crate::chat::ReadyChat;
@@ -24,21 +24,21 @@ pub struct TokenLimit {
 impl Checkpoint<ReadyChat> for TokenLimit {
     type Out = ReadyChat;
 
-    async fn check(&self, req: Request<ReadyChat>) -> Result<Request<ReadyChat>, GatewayError> {
-        if let Some(Caller(key)) = req.extensions().get::<Caller>()
+    async fn check(&self, head: &mut Parts, ready: ReadyChat) -> Result<ReadyChat, GatewayError> {
+        if let Some(Caller(key)) = head.extensions.get::<Caller>()
             && let Some(limit) = &key.tokens
         {
-            let ctx = req.extensions().get::<Arc<RequestContext>>();
+            let ctx = head.extensions.get::<Arc<RequestContext>>();
             enforce(
                 limit,
                 LimitKind::Tokens,
-                req.body().tokens.total(),
+                ready.tokens.total(),
                 &key.name,
                 self.keys.on_backend_error,
                 ctx.map(Arc::as_ref),
             )
             .await?;
         }
-        Ok(req)
+        Ok(ready)
     }
 }
