@@ -72,10 +72,17 @@ struct ImageUrlView<'a> {
 /// (`image_url`, `video_url`, `audio_url`), no `"input_image"`, and no `\u` escape (which
 /// could spell either). A cheap byte search that lets a request without images skip the walk.
 pub fn might_carry_media(messages: &[u8]) -> bool {
-    use memchr::memmem;
-    memmem::find(messages, b"_url\"").is_some()
-        || memmem::find(messages, b"\"input_image\"").is_some()
-        || memmem::find(messages, b"\\u").is_some()
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    // Built once: building a searcher costs more than searching a small request with it.
+    static NEEDLES: LazyLock<[Finder<'static>; 3]> = LazyLock::new(|| {
+        [
+            Finder::new(b"_url\""),
+            Finder::new(b"\"input_image\""),
+            Finder::new(b"\\u"),
+        ]
+    });
+    NEEDLES.iter().any(|f| f.find(messages).is_some())
 }
 
 fn shape(expected: &'static str) -> GatewayError {
