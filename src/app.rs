@@ -3,12 +3,8 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use tower::util::BoxCloneService;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::ServiceBuilder;
 
-use crate::body::ResponseBody;
 use crate::config::{Config, MetricsExport};
 use crate::health::Readiness;
 use crate::images::pipeline::ImagePipeline;
@@ -31,7 +27,7 @@ use crate::layer::telemetry::{Telemetry, TelemetryLayer};
 use crate::layer::token_limit::TokenLimit;
 use crate::metrics::Metrics;
 use crate::models::ModelTable;
-use crate::routes::Router;
+use crate::routes::{ChatService, Router, Routes};
 use crate::upstream::UpstreamBuildError;
 use crate::upstream::forward::Forward;
 
@@ -105,24 +101,25 @@ pub fn build(config: &Config) -> Result<App, BuildError> {
         .layer(CheckpointLayer(checks))
         // 12. Upstream.
         .service(Forward);
-    let chat: BoxCloneService<Request<Incoming>, Response<ResponseBody>, _> = chat.boxed_clone();
+    let chat = ChatService::new(chat);
 
-    let inspect = ServiceBuilder::new()
-        .layer(CheckpointLayer(
-            admit
-                .uncharged()
-                .then(read_body)
-                .then(ParseChat)
-                .then(resolve_model)
-                .then(PermitModel),
-        ))
-        // The same checks as the chat stack, reported instead of enforced (inspect.rs).
-        .service(Inspect {
-            pipeline: images.clone(),
-        })
-        .boxed_clone();
+    let inspect = ChatService::new(
+        ServiceBuilder::new()
+            .layer(CheckpointLayer(
+                admit
+                    .uncharged()
+                    .then(read_body)
+                    .then(ParseChat)
+                    .then(resolve_model)
+                    .then(PermitModel),
+            ))
+            // The same checks as the chat stack, reported instead of enforced (inspect.rs).
+            .service(Inspect {
+                pipeline: images.clone(),
+            }),
+    );
 
-    let router = Router {
+    let router = Router::new(Routes {
         chat,
         inspect,
         models: models.clone(),
@@ -133,7 +130,7 @@ pub fn build(config: &Config) -> Result<App, BuildError> {
             MetricsExport::Off | MetricsExport::Separate(_) => None,
         },
         playground: config.server.playground,
-    };
+    });
     let service = ServiceBuilder::new()
         // 1. Id first, so everything below (including errors) carries it.
         .layer(RequestIdLayer)

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use tower::util::BoxCloneService;
+use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{Service, ServiceExt};
 
 use crate::body::ResponseBody;
@@ -21,11 +21,21 @@ use crate::metrics::Metrics;
 use crate::models::ModelTable;
 
 /// The chat completion stack, boxed so the router does not carry its long type.
-pub type ChatService = BoxCloneService<Request<Incoming>, Response<ResponseBody>, GatewayError>;
+pub type ChatService = BoxCloneSyncService<Request<Incoming>, Response<ResponseBody>, GatewayError>;
 
-/// Dispatches by path and method.
+/// Dispatches by path and method. hyper clones the whole service stack for every request,
+/// so the router is one shared pointer to its [`Routes`].
 #[derive(Clone)]
-pub struct Router {
+pub struct Router(Arc<Routes>);
+
+impl Router {
+    pub fn new(routes: Routes) -> Self {
+        Self(Arc::new(routes))
+    }
+}
+
+/// What the router dispatches to.
+pub struct Routes {
     pub chat: ChatService,
     /// `POST /gateway/inspect`: the chat checks without the upstream.
     pub inspect: ChatService,
@@ -39,18 +49,42 @@ pub struct Router {
     pub playground: bool,
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send>>;
+pin_project_lite::pin_project! {
+    /// The router's answer: the chat stack's own (already boxed) future, or one made on the
+    /// spot; no box around either.
+    #[project = RouteFutureProj]
+    pub enum RouteFuture {
+        Stack { #[pin] fut: Oneshot<ChatService, Request<Incoming>> },
+        Ready { answer: Option<Result<Response<ResponseBody>, GatewayError>> },
+    }
+}
+
+impl Future for RouteFuture {
+    type Output = Result<Response<ResponseBody>, GatewayError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RouteFutureProj::Stack { fut } => fut.poll(cx),
+            RouteFutureProj::Ready { answer } => Poll::Ready(
+                answer
+                    .take()
+                    .unwrap_or(Err(GatewayError::Internal("route future polled twice"))),
+            ),
+        }
+    }
+}
 
 impl Service<Request<Incoming>> for Router {
     type Response = Response<ResponseBody>;
     type Error = GatewayError;
-    type Future = BoxFuture;
+    type Future = RouteFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let routes = &*self.0;
         let path = req.uri().path();
         let method = req.method();
         let answer = match path {
@@ -58,31 +92,36 @@ impl Service<Request<Incoming>> for Router {
                 if method == Method::POST {
                     // `oneshot` honours the chat stack's readiness (later layers may apply
                     // back-pressure).
-                    return Box::pin(self.chat.clone().oneshot(req));
+                    return RouteFuture::Stack {
+                        fut: routes.chat.clone().oneshot(req),
+                    };
                 }
                 Err(wrong_method(path, method, "POST"))
             }
             "/gateway/inspect" => {
                 if method == Method::POST {
-                    return Box::pin(self.inspect.clone().oneshot(req));
+                    return RouteFuture::Stack {
+                        fut: routes.inspect.clone().oneshot(req),
+                    };
                 }
                 Err(wrong_method(path, method, "POST"))
             }
             "/v1/models" => get_only(path, method)
                 .and_then(|()| {
-                    self.keys
+                    routes
+                        .keys
                         .authenticate_request(req.headers(), req.extensions())
                 })
                 .map(|caller| {
                     let body = match caller {
                         Some(Caller(key)) => key.models_json.clone(),
-                        None => self.models.list_json(),
+                        None => routes.models.list_json(),
                     };
                     json(StatusCode::OK, body)
                 }),
             "/healthz" => get_only(path, method)
                 .map(|()| json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))),
-            "/readyz" => get_only(path, method).and_then(|()| match self.readiness.state() {
+            "/readyz" => get_only(path, method).and_then(|()| match routes.readiness.state() {
                 ReadyState::Ready => Ok(json(
                     StatusCode::OK,
                     Bytes::from_static(b"{\"status\":\"ready\"}"),
@@ -91,14 +130,15 @@ impl Service<Request<Incoming>> for Router {
                 ReadyState::Draining => Err(GatewayError::ShuttingDown),
                 ReadyState::UpstreamsSilent => Err(GatewayError::UpstreamsSilent),
             }),
-            "/metrics" if self.metrics.is_some() => get_only(path, method).and_then(|()| {
-                self.metrics
+            "/metrics" if routes.metrics.is_some() => get_only(path, method).and_then(|()| {
+                routes
+                    .metrics
                     .as_deref()
                     .map(metrics_response)
                     .ok_or(GatewayError::Internal("metrics route without a registry"))
             }),
             // The page, its script and stylesheet, compiled in (playground.rs).
-            p if self.playground && p.starts_with(crate::playground::PATH) => {
+            p if routes.playground && p.starts_with(crate::playground::PATH) => {
                 get_only(path, method).and_then(|()| {
                     crate::playground::response(p, req.headers()).ok_or_else(|| {
                         GatewayError::RouteNotFound {
@@ -110,7 +150,7 @@ impl Service<Request<Incoming>> for Router {
             _ => match path.strip_prefix("/v1/models/") {
                 Some(id) => get_only(path, method).and_then(|()| {
                     let id = percent_decode(id);
-                    if let Some(Caller(key)) = self
+                    if let Some(Caller(key)) = routes
                         .keys
                         .authenticate_request(req.headers(), req.extensions())?
                         && !key.models.allows(&id)
@@ -120,7 +160,8 @@ impl Service<Request<Incoming>> for Router {
                             model: bounded(&id),
                         });
                     }
-                    self.models
+                    routes
+                        .models
                         .model_json(&id)
                         .map(|b| json(StatusCode::OK, b))
                         .ok_or_else(|| GatewayError::model_not_found(&id))
@@ -130,7 +171,9 @@ impl Service<Request<Incoming>> for Router {
                 }),
             },
         };
-        Box::pin(std::future::ready(answer))
+        RouteFuture::Ready {
+            answer: Some(answer),
+        }
     }
 }
 
