@@ -10,18 +10,26 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use tower::util::{BoxCloneSyncService, Oneshot};
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::body::ResponseBody;
 use crate::error::{GatewayError, bounded};
 use crate::health::{Readiness, ReadyState};
 use crate::keys::{Caller, KeyTable};
+use crate::layer::checkpoint::{CheckedFuture, Handle};
 use crate::metrics::Metrics;
 use crate::models::ModelTable;
 
-/// The chat completion stack, boxed so the router does not carry its long type.
-pub type ChatService = BoxCloneSyncService<Request<Incoming>, Response<ResponseBody>, GatewayError>;
+/// A chat stack (chat completions, or inspect), shared by every request: called through
+/// `&self`, one boxed future a request.
+#[derive(Clone)]
+pub struct ChatService(Arc<dyn Handle<Incoming>>);
+
+impl ChatService {
+    pub fn new(stack: impl Handle<Incoming> + 'static) -> Self {
+        Self(Arc::new(stack))
+    }
+}
 
 /// Dispatches by path and method. hyper clones the whole service stack for every request,
 /// so the router is one shared pointer to its [`Routes`].
@@ -49,23 +57,19 @@ pub struct Routes {
     pub playground: bool,
 }
 
-pin_project_lite::pin_project! {
-    /// The router's answer: the chat stack's own (already boxed) future, or one made on the
-    /// spot; no box around either.
-    #[project = RouteFutureProj]
-    pub enum RouteFuture {
-        Stack { #[pin] fut: Oneshot<ChatService, Request<Incoming>> },
-        Ready { answer: Option<Result<Response<ResponseBody>, GatewayError>> },
-    }
+/// The router's answer: the chat stack's future, or one made on the spot.
+pub enum RouteFuture {
+    Stack(CheckedFuture),
+    Ready(Option<Result<Response<ResponseBody>, GatewayError>>),
 }
 
 impl Future for RouteFuture {
     type Output = Result<Response<ResponseBody>, GatewayError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            RouteFutureProj::Stack { fut } => fut.poll(cx),
-            RouteFutureProj::Ready { answer } => Poll::Ready(
+        match self.get_mut() {
+            RouteFuture::Stack(fut) => fut.as_mut().poll(cx),
+            RouteFuture::Ready(answer) => Poll::Ready(
                 answer
                     .take()
                     .unwrap_or(Err(GatewayError::Internal("route future polled twice"))),
@@ -90,19 +94,13 @@ impl Service<Request<Incoming>> for Router {
         let answer = match path {
             "/v1/chat/completions" => {
                 if method == Method::POST {
-                    // `oneshot` honours the chat stack's readiness (later layers may apply
-                    // back-pressure).
-                    return RouteFuture::Stack {
-                        fut: routes.chat.clone().oneshot(req),
-                    };
+                    return RouteFuture::Stack(routes.chat.0.handle(req));
                 }
                 Err(wrong_method(path, method, "POST"))
             }
             "/gateway/inspect" => {
                 if method == Method::POST {
-                    return RouteFuture::Stack {
-                        fut: routes.inspect.clone().oneshot(req),
-                    };
+                    return RouteFuture::Stack(routes.inspect.0.handle(req));
                 }
                 Err(wrong_method(path, method, "POST"))
             }
@@ -171,9 +169,7 @@ impl Service<Request<Incoming>> for Router {
                 }),
             },
         };
-        RouteFuture::Ready {
-            answer: Some(answer),
-        }
+        RouteFuture::Ready(Some(answer))
     }
 }
 

@@ -83,7 +83,32 @@ pub struct Checked<C, S> {
     inner: S,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// The response future of a checked stack: one box per request.
+pub type CheckedFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send>>;
+
+impl<C, S> Checked<C, S> {
+    /// Checks the request, then calls the inner service (awaiting its readiness first).
+    /// Needs only `&self`: the request's future owns its own copies of the steps.
+    fn respond<In>(&self, req: Request<In>) -> CheckedFuture
+    where
+        C: Checkpoint<In>,
+        In: Send + 'static,
+        S: Service<Request<C::Out>, Response = Response<ResponseBody>, Error = GatewayError>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        let check = self.check.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let (mut head, body) = req.into_parts();
+            let body = check.check(&mut head, body).await?;
+            inner.oneshot(Request::from_parts(head, body)).await
+        })
+    }
+}
 
 impl<C, S, In> Service<Request<In>> for Checked<C, S>
 where
@@ -97,7 +122,7 @@ where
 {
     type Response = Response<ResponseBody>;
     type Error = GatewayError;
-    type Future = BoxFuture<Result<Response<ResponseBody>, GatewayError>>;
+    type Future = CheckedFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // The inner service's readiness is awaited per request (`oneshot`), after the check.
@@ -105,12 +130,29 @@ where
     }
 
     fn call(&mut self, req: Request<In>) -> Self::Future {
-        let check = self.check.clone();
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let (mut head, body) = req.into_parts();
-            let body = check.check(&mut head, body).await?;
-            inner.oneshot(Request::from_parts(head, body)).await
-        })
+        self.respond(req)
+    }
+}
+
+/// A checked stack called through a shared reference, so one copy can serve every request
+/// (behind `Arc<dyn Handle>`) without a clone and a second box per request, which a boxed
+/// tower service would cost. Always ready, like [`Checked`].
+pub trait Handle<In>: Send + Sync {
+    fn handle(&self, req: Request<In>) -> CheckedFuture;
+}
+
+impl<C, S, In> Handle<In> for Checked<C, S>
+where
+    C: Checkpoint<In>,
+    In: Send + 'static,
+    S: Service<Request<C::Out>, Response = Response<ResponseBody>, Error = GatewayError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+{
+    fn handle(&self, req: Request<In>) -> CheckedFuture {
+        self.respond(req)
     }
 }
