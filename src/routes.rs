@@ -2,8 +2,6 @@
 //! layers of its own; the rest answer from memory. Unknown paths are 404 `not_found`, known
 //! paths with the wrong method 405 `method_not_allowed`.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -57,31 +55,12 @@ pub struct Routes {
     pub playground: bool,
 }
 
-/// The router's answer: the chat stack's future, or one made on the spot.
-pub enum RouteFuture {
-    Stack(CheckedFuture),
-    Ready(Option<Result<Response<ResponseBody>, GatewayError>>),
-}
-
-impl Future for RouteFuture {
-    type Output = Result<Response<ResponseBody>, GatewayError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            RouteFuture::Stack(fut) => fut.as_mut().poll(cx),
-            RouteFuture::Ready(answer) => Poll::Ready(
-                answer
-                    .take()
-                    .unwrap_or(Err(GatewayError::Internal("route future polled twice"))),
-            ),
-        }
-    }
-}
-
 impl Service<Request<Incoming>> for Router {
     type Response = Response<ResponseBody>;
     type Error = GatewayError;
-    type Future = RouteFuture;
+    /// The chat stack's own future as is; the answers made on the spot are boxed too
+    /// (those routes are cold).
+    type Future = CheckedFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -94,13 +73,13 @@ impl Service<Request<Incoming>> for Router {
         let answer = match path {
             "/v1/chat/completions" => {
                 if method == Method::POST {
-                    return RouteFuture::Stack(routes.chat.0.handle(req));
+                    return routes.chat.0.handle(req);
                 }
                 Err(wrong_method(path, method, "POST"))
             }
             "/gateway/inspect" => {
                 if method == Method::POST {
-                    return RouteFuture::Stack(routes.inspect.0.handle(req));
+                    return routes.inspect.0.handle(req);
                 }
                 Err(wrong_method(path, method, "POST"))
             }
@@ -169,7 +148,7 @@ impl Service<Request<Incoming>> for Router {
                 }),
             },
         };
-        RouteFuture::Ready(Some(answer))
+        Box::pin(std::future::ready(answer))
     }
 }
 
