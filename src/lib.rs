@@ -51,21 +51,37 @@ pub enum RunError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
-/// Binds the configured address and serves until `shutdown`, then drains.
+/// Binds the configured address and serves until `shutdown`, then drains. Connections run on
+/// one worker thread per available core (`server::Workers`).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Drained, RunError> {
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| RunError::Bind { addr, source })?;
-    serve_on(listener, &config, shutdown).await
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let workers = server::Workers::start(cores)
+        .await
+        .map_err(RunError::Workers)?;
+    serve_with(listener, &config, workers, shutdown).await
 }
 
-/// Serves on an already bound listener (tests bind `127.0.0.1:0`).
+/// Serves on an already bound listener, on the caller's runtime (tests bind `127.0.0.1:0`).
 pub async fn serve_on(
     listener: TcpListener,
     config: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Drained, RunError> {
+    serve_with(listener, config, server::Workers::here(), shutdown).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    config: &Config,
+    workers: server::Workers,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Drained, RunError> {
     let app = app::build(config)?;
@@ -79,6 +95,7 @@ pub async fn serve_on(
             routes::MetricsOnly(metrics.clone()),
             health::Readiness::default(),
             Duration::from_secs(1),
+            server::Workers::here(),
             std::future::pending(),
         ));
     }
@@ -94,6 +111,7 @@ pub async fn serve_on(
         app.service,
         app.readiness,
         config.server.shutdown_grace,
+        workers,
         shutdown,
     )
     .await)
@@ -113,6 +131,7 @@ pub async fn spawn_mock(addr: SocketAddr, opts: MockOptions) -> Result<SocketAdd
         MockUpstream::new(opts),
         health::Readiness::default(),
         Duration::from_secs(1),
+        server::Workers::here(),
         std::future::pending(),
     ));
     Ok(bound)

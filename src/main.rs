@@ -117,6 +117,7 @@ async fn mock_upstream(listen: SocketAddr, opts: MockOptions) -> ExitCode {
         MockUpstream::new(opts),
         health::Readiness::default(),
         Duration::from_secs(5),
+        server::Workers::here(),
         server::shutdown_signal(),
     )
     .await;

@@ -8,6 +8,10 @@
 //! the minimum: a LIFO stack of idle senders behind a mutex, a connect when it is empty, and
 //! a sender goes back only when its response body ended cleanly ([`PoolGuard::release`]), so
 //! a connection whose response was abandoned half-read is closed, never reused.
+//!
+//! The idle stacks are per worker thread (`server::worker_index`): a connection's task runs
+//! on the thread that opened it, and a request reuses only connections of its own thread,
+//! so no exchange wakes another core.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -52,9 +56,10 @@ pub struct Http1Pool {
     /// The `host` header every request carries: the upstream's authority.
     host: HeaderValue,
     connect_timeout: Duration,
+    /// One stack per worker thread (index: `server::worker_index()` modulo the count).
     /// Most recently returned at the back; checkout pops from the back (the warmest
     /// connection), expiry trims from the front (the oldest).
-    idle: Mutex<VecDeque<Idle>>,
+    idle: Box<[Mutex<VecDeque<Idle>>]>,
 }
 
 #[derive(Debug)]
@@ -69,17 +74,22 @@ struct Idle {
 pub struct PoolGuard {
     pool: Arc<Http1Pool>,
     sender: SendRequest<Full<Bytes>>,
+    /// The idle stack of the thread that drives this connection.
+    home: usize,
 }
 
 impl PoolGuard {
     /// Returns the connection to its pool. Call only once the response body has been read to
     /// its end without error: then the connection is between messages and safe to reuse.
     pub fn release(self) {
-        let PoolGuard { pool, sender } = self;
+        let PoolGuard { pool, sender, home } = self;
         if sender.is_closed() {
             return;
         }
-        let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(idle) = pool.idle.get(home) else {
+            return;
+        };
+        let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() >= MAX_IDLE {
             idle.pop_front();
         }
@@ -111,7 +121,10 @@ impl Http1Pool {
             addr,
             host,
             connect_timeout,
-            idle: Mutex::new(VecDeque::new()),
+            // Worker threads are one per core, plus index 0 for any other thread.
+            idle: (0..=std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+                .map(|_| Mutex::new(VecDeque::new()))
+                .collect(),
         })
     }
 
@@ -156,7 +169,13 @@ impl Http1Pool {
         PoolGuard {
             pool: Arc::clone(self),
             sender,
+            home: self.home(),
         }
+    }
+
+    /// This thread's idle stack.
+    fn home(&self) -> usize {
+        crate::server::worker_index() % self.idle.len().max(1)
     }
 
     /// The most recently used idle connection that is still open and ready, dropping expired
@@ -173,7 +192,11 @@ impl Http1Pool {
     }
 
     fn pop_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self
+            .idle
+            .get(self.home())?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         while idle
             .front()
