@@ -82,3 +82,49 @@ async fn a_stream_outliving_the_grace_period_is_cut_and_reported() {
         .expect("the cut arrives");
     assert!(rest.is_err(), "the client sees the cut");
 }
+
+/// With worker threads, connections are dealt round-robin to them, each request runs on its
+/// connection's worker (never on the accepting runtime), and a drain still ends cleanly.
+#[tokio::test]
+async fn connections_are_dealt_round_robin_to_worker_threads() {
+    use std::convert::Infallible;
+
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use hyper::body::Incoming;
+    use vision_gateway::health::Readiness;
+    use vision_gateway::server::{Workers, serve, worker_index};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let workers = Workers::start(2).await.unwrap();
+    let service = tower::service_fn(|_req: Request<Incoming>| async {
+        let here = format!("{}", worker_index());
+        Ok::<_, Infallible>(Response::new(Full::new(bytes::Bytes::from(here))))
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        service,
+        Readiness::default(),
+        Duration::from_secs(5),
+        workers,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut seen = Vec::new();
+    // `get` opens a new connection for every request.
+    for _ in 0..4 {
+        let answer = get(addr, "/").await;
+        seen.push(String::from_utf8(answer.body.to_vec()).unwrap());
+    }
+    assert_eq!(seen, ["1", "2", "1", "2"]);
+    assert_eq!(worker_index(), 0, "the test's own thread is not a worker");
+    stop.send(()).unwrap();
+    let drained = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the drain ends")
+        .unwrap();
+    assert_eq!(drained, Drained::Clean);
+}
