@@ -76,6 +76,24 @@ impl<C: Clone, S> Layer<S> for CheckpointLayer<C> {
     }
 }
 
+/// What a checkpoint can sit in front of: a cloneable service answering with a response or a
+/// [`GatewayError`], usable from any thread.
+pub trait Behind<Req>:
+    Service<Req, Response = Response<ResponseBody>, Error = GatewayError, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<Req, S> Behind<Req> for S where
+    S: Service<Req, Response = Response<ResponseBody>, Error = GatewayError, Future: Send>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
 /// A service behind a checkpoint.
 #[derive(Debug, Clone)]
 pub struct Checked<C, S> {
@@ -94,11 +112,7 @@ impl<C, S> Checked<C, S> {
     where
         C: Checkpoint<In>,
         In: Send + 'static,
-        S: Service<Request<C::Out>, Response = Response<ResponseBody>, Error = GatewayError>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send,
+        S: Behind<Request<C::Out>>,
     {
         let check = self.check.clone();
         let inner = self.inner.clone();
@@ -114,11 +128,7 @@ impl<C, S, In> Service<Request<In>> for Checked<C, S>
 where
     C: Checkpoint<In>,
     In: Send + 'static,
-    S: Service<Request<C::Out>, Response = Response<ResponseBody>, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Behind<Request<C::Out>>,
 {
     type Response = Response<ResponseBody>;
     type Error = GatewayError;
@@ -145,12 +155,7 @@ impl<C, S, In> Handle<In> for Checked<C, S>
 where
     C: Checkpoint<In>,
     In: Send + 'static,
-    S: Service<Request<C::Out>, Response = Response<ResponseBody>, Error = GatewayError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send,
+    S: Behind<Request<C::Out>> + Sync,
 {
     fn handle(&self, req: Request<In>) -> CheckedFuture {
         self.respond(req)
