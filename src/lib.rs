@@ -9,6 +9,7 @@ pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod drain;
 pub mod error;
 pub mod headers;
 pub mod health;

@@ -1,6 +1,6 @@
-//! The accept loop: HTTP/1.1 and HTTP/2 (auto-detected) on one listener, `TCP_NODELAY` on
-//! every connection, connections dealt round-robin to [`Workers`], and a graceful drain on
-//! shutdown.
+//! The accept loop: HTTP/1.1 and HTTP/2 (told apart by peeking at the first bytes) on one
+//! listener, `TCP_NODELAY` on every connection, connections dealt round-robin to
+//! [`Workers`], and a graceful drain on shutdown ([`crate::drain`]).
 //!
 //! Workers: one single-threaded tokio runtime per core, each on its own thread, as nginx has
 //! one event loop per worker process. A connection, and every task its requests spawn (the
@@ -15,21 +15,23 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
+use crate::drain::Drain;
 use crate::health::Readiness;
 
 /// How a drain ended.
@@ -145,21 +147,11 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        // Each stream may hold a request body of up to server.max_body_bytes in memory.
-        .max_concurrent_streams(128)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let graceful = GracefulShutdown::new();
-    // Owns every connection task: dropping it (when this function returns) aborts whatever
-    // outlived the grace period, even when the runtime itself lives on (tests, embedders).
+    let protocols = Arc::new(Protocols::new());
+    let drain = Drain::default();
+    // Owns every connection task: the drain waits for it to empty, and dropping it (when
+    // this function returns) aborts whatever outlived the grace period, even when the
+    // runtime itself lives on (tests, embedders).
     let mut connections = JoinSet::new();
     readiness.set_ready();
     tokio::pin!(shutdown);
@@ -182,13 +174,14 @@ where
                 }
                 // Reap finished connections so the set stays as small as the live ones.
                 while connections.try_join_next().is_some() {}
-                let builder = builder.clone();
-                let service = TowerToHyperService::new(service.clone());
-                let watcher = graceful.watcher();
-                let serve_one = move |stream: TcpStream| async move {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                let serve_one = {
+                    let protocols = Arc::clone(&protocols);
+                    let service = TowerToHyperService::new(service.clone());
+                    let drain = drain.clone();
+                    move |stream: TcpStream| async move {
+                        if let Err(e) = protocols.serve(stream, service, &drain).await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
                     }
                 };
                 match workers.pick() {
@@ -225,7 +218,9 @@ where
         grace_secs = grace.as_secs(),
         "draining: no longer accepting; waiting for in-flight requests"
     );
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
+    drain.start();
+    let all_closed = async { while connections.join_next().await.is_some() {} };
+    match tokio::time::timeout(grace, all_closed).await {
         Ok(()) => {
             tracing::info!("drained cleanly");
             Drained::Clean
@@ -237,6 +232,95 @@ where
             );
             connections.abort_all();
             Drained::GraceExpired
+        }
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113, 3.4): how a client speaking HTTP/2 without TLS
+/// (prior knowledge) opens.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How connections are served, by protocol.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// For a connection whose first bytes are a strict prefix of the preface: reads until
+    /// it can tell, then replays what it read.
+    auto: auto::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new() -> Self {
+        // The same settings on both paths to each protocol.
+        macro_rules! http1 {
+            ($b:expr) => {
+                $b.timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+            };
+        }
+        macro_rules! http2 {
+            ($b:expr) => {
+                $b.timer(TokioTimer::new())
+                    // Each stream may hold a request body of up to server.max_body_bytes.
+                    .max_concurrent_streams(128)
+                    .keep_alive_interval(Some(Duration::from_secs(30)))
+                    .keep_alive_timeout(Duration::from_secs(20))
+            };
+        }
+        let mut h1 = http1::Builder::new();
+        http1!(h1);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        http2!(h2);
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        http1!(auto.http1());
+        http2!(auto.http2());
+        Self {
+            http1: h1,
+            http2: h2,
+            auto,
+        }
+    }
+
+    /// Serves one connection until it closes, or until the drain has shut it down.
+    /// The protocol is told from the first bytes, peeked rather than read, so hyper gets the
+    /// socket itself (hyper-util's auto-detection wraps every read of the connection's life
+    /// in a replay buffer).
+    async fn serve<S, B>(
+        &self,
+        stream: TcpStream,
+        service: TowerToHyperService<S>,
+        drain: &Drain,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+    where
+        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut first = [0u8; H2_PREFACE.len()];
+        let seen = tokio::select! {
+            peeked = stream.peek(&mut first) => peeked?,
+            // A connection that has sent nothing yet closes at once.
+            () = drain.started() => return Ok(()),
+        };
+        let first = first.get(..seen).unwrap_or_default();
+        let io = TokioIo::new(stream);
+        if seen == 0 || !H2_PREFACE.starts_with(first) {
+            Ok(drain
+                .watch(self.http1.serve_connection(io, service))
+                .await?)
+        } else if seen == H2_PREFACE.len() {
+            Ok(drain
+                .watch(self.http2.serve_connection(io, service))
+                .await?)
+        } else {
+            drain.watch(self.auto.serve_connection(io, service)).await
         }
     }
 }
@@ -262,5 +346,51 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("SIGINT received"),
         () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A connection whose first bytes are only part of the HTTP/2 preface cannot be told
+    /// from a peek; it is still served as HTTP/2 once the rest arrives.
+    #[tokio::test]
+    async fn a_preface_arriving_in_pieces_is_still_served_as_http2() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        // Only the first 5 bytes are on the wire when the server peeks.
+        client.write_all(&H2_PREFACE[..5]).await.expect("write");
+        let service = tower::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        });
+        let drain = Drain::default();
+        let serving = tokio::spawn({
+            let drain = drain.clone();
+            async move {
+                Protocols::new()
+                    .serve(server, TowerToHyperService::new(service), &drain)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        });
+        client.write_all(&H2_PREFACE[5..]).await.expect("write");
+        // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+        client
+            .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+            .await
+            .expect("write");
+        let mut frame_head = [0u8; 9];
+        client.read_exact(&mut frame_head).await.expect("read");
+        assert_eq!(frame_head[3], 4, "the server's first frame is its SETTINGS");
+        drain.start();
+        drop(client);
+        assert!(serving.await.is_ok());
     }
 }
