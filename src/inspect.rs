@@ -5,20 +5,17 @@
 //! tokens, the total against the window, and whether the request would be accepted (with
 //! the error it would get when not). The playground's budget preview uses it.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response, header};
 use serde::Serialize;
-use tower::Service;
 
 use crate::body::ResponseBody;
 use crate::chat::{ChatRequest, VisionChat};
 use crate::error::GatewayError;
 use crate::images::pipeline::{Collect, ImagePipeline, SentImage};
 use crate::images::transform::Action;
+use crate::layer::checkpoint::Endpoint;
 use crate::layer::context_budget::ContextBudget;
 use crate::layer::count_images::CountImages;
 use crate::layer::prepare_images::PrepareImages;
@@ -92,19 +89,12 @@ struct TokensView {
     context_window: Option<u32>,
 }
 
-impl Service<Request<ChatRequest>> for Inspect {
-    type Response = Response<ResponseBody>;
-    type Error = GatewayError;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<ChatRequest>) -> Self::Future {
-        let pipeline = self.pipeline.clone();
-        Box::pin(async move { inspect(&pipeline, req.into_body()).await })
+impl Endpoint<Request<ChatRequest>> for Inspect {
+    async fn call(
+        &self,
+        req: Request<ChatRequest>,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        inspect(&self.pipeline, req.into_body()).await
     }
 }
 

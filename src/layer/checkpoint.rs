@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use http::request::Parts;
 use http::{Request, Response};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
@@ -76,22 +76,14 @@ impl<C: Clone, S> Layer<S> for CheckpointLayer<C> {
     }
 }
 
-/// What a checkpoint can sit in front of: a cloneable service answering with a response or a
-/// [`GatewayError`], usable from any thread.
-pub trait Behind<Req>:
-    Service<Req, Response = Response<ResponseBody>, Error = GatewayError, Future: Send>
-    + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<Req, S> Behind<Req> for S where
-    S: Service<Req, Response = Response<ResponseBody>, Error = GatewayError, Future: Send>
-        + Clone
-        + Send
-        + 'static
-{
+/// What a chain of checkpoints ends in: the handler of a fully checked request (the
+/// upstream, the inspect report). Called through `&self`, with no readiness step and no box
+/// of its own: its future lives inside the request's one boxed future.
+pub trait Endpoint<Req>: Clone + Send + Sync + 'static {
+    fn call(
+        &self,
+        req: Req,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send;
 }
 
 /// A service behind a checkpoint.
@@ -106,20 +98,20 @@ pub type CheckedFuture =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send>>;
 
 impl<C, S> Checked<C, S> {
-    /// Checks the request, then calls the inner service (awaiting its readiness first).
+    /// Checks the request, then calls the endpoint.
     /// Needs only `&self`: the request's future owns its own copies of the steps.
     fn respond<In>(&self, req: Request<In>) -> CheckedFuture
     where
         C: Checkpoint<In>,
         In: Send + 'static,
-        S: Behind<Request<C::Out>>,
+        S: Endpoint<Request<C::Out>>,
     {
         let check = self.check.clone();
         let inner = self.inner.clone();
         Box::pin(async move {
             let (mut head, body) = req.into_parts();
             let body = check.check(&mut head, body).await?;
-            inner.oneshot(Request::from_parts(head, body)).await
+            inner.call(Request::from_parts(head, body)).await
         })
     }
 }
@@ -128,14 +120,14 @@ impl<C, S, In> Service<Request<In>> for Checked<C, S>
 where
     C: Checkpoint<In>,
     In: Send + 'static,
-    S: Behind<Request<C::Out>>,
+    S: Endpoint<Request<C::Out>>,
 {
     type Response = Response<ResponseBody>;
     type Error = GatewayError;
     type Future = CheckedFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The inner service's readiness is awaited per request (`oneshot`), after the check.
+        // Checkpoints and endpoints have no readiness of their own.
         Poll::Ready(Ok(()))
     }
 
@@ -155,7 +147,7 @@ impl<C, S, In> Handle<In> for Checked<C, S>
 where
     C: Checkpoint<In>,
     In: Send + 'static,
-    S: Behind<Request<C::Out>> + Sync,
+    S: Endpoint<Request<C::Out>>,
 {
     fn handle(&self, req: Request<In>) -> CheckedFuture {
         self.respond(req)

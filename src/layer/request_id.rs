@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{HeaderName, HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::context::RequestContext;
@@ -77,16 +78,19 @@ where
         req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
         req.extensions_mut().insert(RequestContext::new(id.clone()));
         WithId {
-            inner: Box::pin(self.inner.call(req)),
+            inner: self.inner.call(req),
             id: Some(id),
         }
     }
 }
 
-/// The response future: stamps the id on the way out.
-pub struct WithId<F> {
-    inner: Pin<Box<F>>,
-    id: Option<HeaderValue>,
+pin_project! {
+    /// The response future: stamps the id on the way out.
+    pub struct WithId<F> {
+        #[pin]
+        inner: F,
+        id: Option<HeaderValue>,
+    }
 }
 
 impl<F, RB, E> Future for WithId<F>
@@ -95,9 +99,10 @@ where
 {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut res = ready!(self.inner.as_mut().poll(cx))?;
-        if let Some(id) = self.id.take() {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = ready!(this.inner.poll(cx))?;
+        if let Some(id) = this.id.take() {
             res.headers_mut().insert(X_REQUEST_ID.clone(), id);
         }
         Poll::Ready(Ok(res))

@@ -9,20 +9,18 @@
 //! `first_byte_timeout` → 504 `upstream_timeout`; upstream 4xx/5xx are passed through as is.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::Full;
-use tower::Service;
 
 use crate::body::{ResponseBody, UpstreamBody};
 use crate::chat::ReadyChat;
 use crate::context::RequestContext;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::headers::strip_hop_by_hop;
+use crate::layer::checkpoint::Endpoint;
 use crate::layer::request_id::X_REQUEST_ID;
 use crate::limits::in_flight::InFlight;
 use crate::metrics::UpstreamErrorKind;
@@ -34,19 +32,13 @@ static X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-r
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Forward;
 
-impl Service<Request<ReadyChat>> for Forward {
-    type Response = Response<ResponseBody>;
-    type Error = GatewayError;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The pools connect on demand; there is no back-pressure to report here.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<ReadyChat>) -> Self::Future {
-        Box::pin(forward(req))
+impl Endpoint<Request<ReadyChat>> for Forward {
+    // The pools connect on demand; there is no back-pressure to wait for.
+    fn call(
+        &self,
+        req: Request<ReadyChat>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send {
+        forward(req)
     }
 }
 
