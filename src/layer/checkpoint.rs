@@ -26,6 +26,8 @@ pub trait Checkpoint<In>: Clone + Send + Sync + 'static {
 
     /// Checks (and possibly transforms) the request. `head` may be edited (a header
     /// removed, an extension added); the body is consumed and its next form returned.
+    /// A check that never waits does its work here and returns `std::future::ready`: the
+    /// request's future then holds its result, not a state machine keeping its arguments.
     fn check(
         &self,
         head: &mut Parts,
@@ -108,8 +110,9 @@ impl<C, S> Checked<C, S> {
     {
         let check = self.check.clone();
         let inner = self.inner.clone();
+        // Split here, not in the future: it would keep the request whole as well as its parts.
+        let (mut head, body) = req.into_parts();
         Box::pin(async move {
-            let (mut head, body) = req.into_parts();
             let body = check.check(&mut head, body).await?;
             inner.call(Request::from_parts(head, body)).await
         })

@@ -3,6 +3,7 @@
 //! where the gateway's overhead matters most (local model servers), and hyper-util's legacy
 //! `Client` for `https://` ones, which need TLS, ALPN and HTTP/2.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -12,6 +13,7 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use pin_project_lite::pin_project;
 
 use super::HttpClient;
 use super::pool::{Http1Pool, PoolError, PoolGuard};
@@ -48,21 +50,48 @@ impl ClientError {
 
 impl UpstreamClient {
     /// Sends `req`, whose URI is the absolute URL of an endpoint of this upstream. The
-    /// response body hands a pooled connection back when it ends cleanly.
-    pub async fn request(
+    /// response body hands a pooled connection back when it ends cleanly. The request is
+    /// handed to the pool or client before this returns; the future owns the rest.
+    pub fn request(
         &self,
         req: Request<Full<Bytes>>,
-    ) -> Result<Response<UpstreamIncoming>, ClientError> {
+    ) -> impl Future<Output = Result<Response<UpstreamIncoming>, ClientError>> + Send + use<> {
         match self {
-            Self::Http1(pool) => {
-                let (res, guard) = pool.request(req).await?;
-                Ok(res.map(|body| UpstreamIncoming::new(body, Some(guard))))
-            }
-            Self::Legacy(client) => {
-                let res = client.request(req).await?;
-                Ok(res.map(|body| UpstreamIncoming::new(body, None)))
-            }
+            Self::Http1(pool) => Sent::Pool {
+                fut: pool.request(req),
+            },
+            Self::Legacy(client) => Sent::Legacy {
+                fut: client.request(req),
+            },
         }
+    }
+}
+
+pin_project! {
+    /// A request in flight on either implementation.
+    #[project = SentProj]
+    enum Sent<P, L> {
+        Pool { #[pin] fut: P },
+        Legacy { #[pin] fut: L },
+    }
+}
+
+impl<P, L> Future for Sent<P, L>
+where
+    P: Future<Output = Result<(Response<Incoming>, PoolGuard), PoolError>>,
+    L: Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>>,
+{
+    type Output = Result<Response<UpstreamIncoming>, ClientError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(match self.project() {
+            SentProj::Pool { fut } => ready!(fut.poll(cx))
+                .map(|(res, guard)| res.map(|body| UpstreamIncoming::new(body, Some(guard))))
+                .map_err(ClientError::from),
+            SentProj::Legacy { fut } => ready!(fut.poll(cx))
+                .map(|res| res.map(|body| UpstreamIncoming::new(body, None)))
+                .map_err(ClientError::from),
+        })
     }
 }
 

@@ -9,11 +9,16 @@
 //! `first_byte_timeout` → 504 `upstream_timeout`; upstream 4xx/5xx are passed through as is.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::Full;
+use pin_project_lite::pin_project;
+use tokio::time::Timeout;
+use tokio::time::error::Elapsed;
 
 use crate::body::{ResponseBody, UpstreamBody};
 use crate::chat::ReadyChat;
@@ -24,6 +29,7 @@ use crate::layer::checkpoint::Endpoint;
 use crate::layer::request_id::X_REQUEST_ID;
 use crate::limits::in_flight::InFlight;
 use crate::metrics::UpstreamErrorKind;
+use crate::upstream::{ClientError, Upstream, UpstreamIncoming};
 
 /// The upstream's own request id, kept under another name so ours stays authoritative.
 static X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
@@ -42,10 +48,17 @@ impl Endpoint<Request<ReadyChat>> for Forward {
     }
 }
 
-async fn forward(req: Request<ReadyChat>) -> Result<Response<ResponseBody>, GatewayError> {
+/// Builds the upstream request and hands it to the upstream's client, before any await:
+/// the returned future holds only the exchange in flight and what the answer needs, not
+/// the request in its several forms (an async fn would keep each of them for its whole
+/// life, and every request's future, with each move of it, would be that much bigger).
+fn forward(req: Request<ReadyChat>) -> Forwarding<impl Future<Output = Sent> + Send> {
     let (mut parts, ReadyChat { chat, .. }) = req.into_parts();
     let upstream = chat.route.upstream.clone();
-    let body = chat.upstream_body()?;
+    let body = match chat.upstream_body() {
+        Ok(body) => body,
+        Err(e) => return Forwarding::Refused { error: Some(e) },
+    };
 
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
@@ -56,9 +69,14 @@ async fn forward(req: Request<ReadyChat>) -> Result<Response<ResponseBody>, Gate
     }
     let uri = match parts.uri.query() {
         None => upstream.chat_completions_url.clone(),
-        Some(q) => format!("{}?{q}", upstream.chat_completions_url)
-            .parse()
-            .map_err(|_| GatewayError::Internal("cannot build the upstream URL"))?,
+        Some(q) => match format!("{}?{q}", upstream.chat_completions_url).parse() {
+            Ok(uri) => uri,
+            Err(_) => {
+                return Forwarding::Refused {
+                    error: Some(GatewayError::Internal("cannot build the upstream URL")),
+                };
+            }
+        },
     };
     let mut out = Request::new(Full::new(body));
     *out.method_mut() = http::Method::POST;
@@ -68,17 +86,70 @@ async fn forward(req: Request<ReadyChat>) -> Result<Response<ResponseBody>, Gate
     let ctx = parts.extensions.get::<Arc<RequestContext>>().cloned();
     // Admission's in-flight slots: held by the response body until it ends.
     let in_flight = parts.extensions.remove::<InFlight>();
+    if let Some(ctx) = &ctx {
+        let _ = ctx.upstream.set(upstream.name.clone());
+        ctx.mark(&ctx.upstream_sent);
+    }
+    Forwarding::Sending {
+        sent: tokio::time::timeout(upstream.first_byte_timeout, upstream.client.request(out)),
+        upstream,
+        ctx,
+        in_flight,
+    }
+}
+
+/// What the upstream's client answers.
+type Sent = Result<Response<UpstreamIncoming>, ClientError>;
+
+pin_project! {
+    /// [`forward`]'s future: waits for the upstream's response head.
+    #[project = ForwardingProj]
+    enum Forwarding<F> {
+        /// The request could not be built; answered at the first poll.
+        Refused { error: Option<GatewayError> },
+        Sending {
+            #[pin]
+            sent: Timeout<F>,
+            upstream: Arc<Upstream>,
+            ctx: Option<Arc<RequestContext>>,
+            in_flight: Option<InFlight>,
+        },
+    }
+}
+
+impl<F: Future<Output = Sent>> Future for Forwarding<F> {
+    type Output = Result<Response<ResponseBody>, GatewayError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ForwardingProj::Refused { error } => Poll::Ready(Err(error.take().unwrap_or(
+                GatewayError::Internal("upstream request polled after it ended"),
+            ))),
+            ForwardingProj::Sending {
+                sent,
+                upstream,
+                ctx,
+                in_flight,
+            } => {
+                let sent = ready!(sent.poll(cx));
+                Poll::Ready(answer(sent, upstream, ctx.take(), in_flight.take()))
+            }
+        }
+    }
+}
+
+/// The client's response (or failure) to the response this gateway sends.
+fn answer(
+    sent: Result<Sent, Elapsed>,
+    upstream: &Upstream,
+    ctx: Option<Arc<RequestContext>>,
+    in_flight: Option<InFlight>,
+) -> Result<Response<ResponseBody>, GatewayError> {
     let failed = |kind: UpstreamErrorKind| {
         if let Some(ctx) = &ctx {
             let _ = ctx.upstream_error.set(kind);
         }
     };
-    if let Some(ctx) = &ctx {
-        let _ = ctx.upstream.set(upstream.name.clone());
-        ctx.mark(&ctx.upstream_sent);
-    }
-    let sent =
-        tokio::time::timeout(upstream.first_byte_timeout, upstream.client.request(out)).await;
     let res = match sent {
         Err(_elapsed) => {
             failed(UpstreamErrorKind::Timeout);

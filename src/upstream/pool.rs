@@ -14,6 +14,7 @@
 //! so no exchange wakes another core.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -132,36 +133,43 @@ impl Http1Pool {
     /// origin-form with `host` set. A request that fails on a reused connection before hyper
     /// started writing it (the upstream closed the connection while it was idle) is retried
     /// once on a new connection; one that may have reached the upstream is never resent.
-    pub async fn request(
+    /// The future owns what it needs (no borrow of the pool), so callers can hold it.
+    pub fn request(
         self: &Arc<Self>,
         mut req: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, PoolGuard), PoolError> {
+    ) -> impl Future<Output = Result<(Response<Incoming>, PoolGuard), PoolError>> + Send + use<>
+    {
         let origin = match req.uri().path_and_query() {
             Some(pq) => Uri::from(pq.clone()),
             None => Uri::from_static("/"),
         };
         *req.uri_mut() = origin;
         req.headers_mut().insert(header::HOST, self.host.clone());
-
-        let (mut sender, reused) = match self.checkout().await {
-            Some(sender) => (sender, true),
-            None => (self.connect().await?, false),
-        };
-        let req = match sender.try_send_request(req).await {
-            Ok(res) => return Ok((res, self.guard(sender))),
-            Err(mut e) => match e.take_message() {
-                Some(req) if reused => {
-                    tracing::debug!(error = %e.error(), "pooled upstream connection closed; retrying on a new one");
-                    req
-                }
-                _ => return Err(PoolError::Request(e.into_error())),
-            },
-        };
-        drop(sender);
-        let mut sender = self.connect().await?;
-        match sender.try_send_request(req).await {
-            Ok(res) => Ok((res, self.guard(sender))),
-            Err(e) => Err(PoolError::Request(e.into_error())),
+        let pool = Arc::clone(self);
+        async move {
+            let (mut sender, reused) = match pool.checkout().await {
+                Some(sender) => (sender, true),
+                // Boxed: connecting (TCP, handshake, timer) is the rare path, and unboxed its
+                // state would make every request's future, and each move of it, that much
+                // bigger.
+                None => (Box::pin(pool.connect()).await?, false),
+            };
+            let req = match sender.try_send_request(req).await {
+                Ok(res) => return Ok((res, pool.guard(sender))),
+                Err(mut e) => match e.take_message() {
+                    Some(req) if reused => {
+                        tracing::debug!(error = %e.error(), "pooled upstream connection closed; retrying on a new one");
+                        req
+                    }
+                    _ => return Err(PoolError::Request(e.into_error())),
+                },
+            };
+            drop(sender);
+            let mut sender = Box::pin(pool.connect()).await?;
+            match sender.try_send_request(req).await {
+                Ok(res) => Ok((res, pool.guard(sender))),
+                Err(e) => Err(PoolError::Request(e.into_error())),
+            }
         }
     }
 
