@@ -4,6 +4,7 @@
 //! Models without a `context_window` are not checked. Runs after the image work, because the
 //! image tokens depend on the final sizes.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use http::request::Parts;
@@ -50,10 +51,9 @@ impl ContextBudget {
     }
 }
 
-impl Checkpoint<VisionChat> for ContextBudget {
-    type Out = ReadyChat;
-
-    async fn check(&self, head: &mut Parts, vision: VisionChat) -> Result<ReadyChat, GatewayError> {
+impl ContextBudget {
+    /// The check itself: synchronous, so [`Checkpoint::check`] answers with a ready future.
+    fn check_now(&self, head: &mut Parts, vision: VisionChat) -> Result<ReadyChat, GatewayError> {
         let tokens = Self::count(&vision);
         // Without a window and without images the text was not counted (`CountImages` skips
         // the walk): log no estimate rather than a zero.
@@ -75,5 +75,17 @@ impl Checkpoint<VisionChat> for ContextBudget {
             chat: vision.chat,
             tokens,
         })
+    }
+}
+
+impl Checkpoint<VisionChat> for ContextBudget {
+    type Out = ReadyChat;
+
+    fn check(
+        &self,
+        head: &mut Parts,
+        body: VisionChat,
+    ) -> impl Future<Output = Result<ReadyChat, GatewayError>> + Send {
+        std::future::ready(self.check_now(head, body))
     }
 }

@@ -4,6 +4,8 @@
 //! `param: "messages"`, and more `image_url` parts than the model's `max_images` get 400
 //! `too_many_images`, before anything is fetched or decoded.
 
+use std::future::Future;
+
 use http::request::Parts;
 
 use super::checkpoint::Checkpoint;
@@ -53,14 +55,9 @@ impl CountImages {
     }
 }
 
-impl Checkpoint<ChatRequest> for CountImages {
-    type Out = ScannedChat;
-
-    async fn check(
-        &self,
-        head: &mut Parts,
-        chat: ChatRequest,
-    ) -> Result<ScannedChat, GatewayError> {
+impl CountImages {
+    /// The check itself: synchronous, so [`Checkpoint::check`] answers with a ready future.
+    fn check_now(&self, head: &mut Parts, chat: ChatRequest) -> Result<ScannedChat, GatewayError> {
         // A key with a token limit is charged the estimate: the text must be counted.
         let need_text = head
             .extensions
@@ -68,5 +65,17 @@ impl Checkpoint<ChatRequest> for CountImages {
             .is_some_and(Caller::counts_tokens);
         let scan = Self::scan(&chat, need_text)?;
         Ok(ScannedChat { chat, scan })
+    }
+}
+
+impl Checkpoint<ChatRequest> for CountImages {
+    type Out = ScannedChat;
+
+    fn check(
+        &self,
+        head: &mut Parts,
+        body: ChatRequest,
+    ) -> impl Future<Output = Result<ScannedChat, GatewayError>> + Send {
+        std::future::ready(self.check_now(head, body))
     }
 }

@@ -2,6 +2,8 @@
 //! After `resolve_model`, so an unknown model is still 404 for everyone; on an open gateway
 //! (no `[[keys]]`, no `Caller`) it lets everything through.
 
+use std::future::Future;
+
 use http::request::Parts;
 
 use super::checkpoint::Checkpoint;
@@ -13,14 +15,9 @@ use crate::keys::Caller;
 #[derive(Debug, Clone, Copy)]
 pub struct PermitModel;
 
-impl Checkpoint<ChatRequest> for PermitModel {
-    type Out = ChatRequest;
-
-    async fn check(
-        &self,
-        head: &mut Parts,
-        chat: ChatRequest,
-    ) -> Result<ChatRequest, GatewayError> {
+impl PermitModel {
+    /// The check itself: synchronous, so [`Checkpoint::check`] answers with a ready future.
+    fn check_now(&self, head: &mut Parts, chat: ChatRequest) -> Result<ChatRequest, GatewayError> {
         if let Some(Caller(key)) = head.extensions.get::<Caller>()
             && !key.models.allows(&chat.parsed.model)
         {
@@ -30,5 +27,17 @@ impl Checkpoint<ChatRequest> for PermitModel {
             });
         }
         Ok(chat)
+    }
+}
+
+impl Checkpoint<ChatRequest> for PermitModel {
+    type Out = ChatRequest;
+
+    fn check(
+        &self,
+        head: &mut Parts,
+        body: ChatRequest,
+    ) -> impl Future<Output = Result<ChatRequest, GatewayError>> + Send {
+        std::future::ready(self.check_now(head, body))
     }
 }

@@ -4,6 +4,7 @@
 //! entry. When the route names an `upstream_model`, plans the one byte-range edit that
 //! rewrites `"model"`; every other byte of the body stays as received.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use http::request::Parts;
@@ -20,14 +21,9 @@ pub struct ResolveModel {
     pub models: Arc<ModelTable>,
 }
 
-impl Checkpoint<ParsedChat> for ResolveModel {
-    type Out = ChatRequest;
-
-    async fn check(
-        &self,
-        head: &mut Parts,
-        parsed: ParsedChat,
-    ) -> Result<ChatRequest, GatewayError> {
+impl ResolveModel {
+    /// The check itself: synchronous, so [`Checkpoint::check`] answers with a ready future.
+    fn check_now(&self, head: &mut Parts, parsed: ParsedChat) -> Result<ChatRequest, GatewayError> {
         let Some(route) = self.models.resolve(&parsed.model).cloned() else {
             return Err(GatewayError::model_not_found(&parsed.model));
         };
@@ -46,5 +42,17 @@ impl Checkpoint<ParsedChat> for ResolveModel {
             route,
             edits,
         })
+    }
+}
+
+impl Checkpoint<ParsedChat> for ResolveModel {
+    type Out = ChatRequest;
+
+    fn check(
+        &self,
+        head: &mut Parts,
+        body: ParsedChat,
+    ) -> impl Future<Output = Result<ChatRequest, GatewayError>> + Send {
+        std::future::ready(self.check_now(head, body))
     }
 }
