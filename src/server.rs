@@ -128,6 +128,47 @@ impl Workers {
     }
 }
 
+/// What [`serve`] serves: a cloneable tower service that answers every request (its errors
+/// are responses), with futures that may run on any worker thread.
+pub trait Servable<B>:
+    tower::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> Servable<B> for S where
+    S: tower::Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A response body [`serve`] can write: bytes, sendable to any worker thread.
+pub trait ServableBody:
+    http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + 'static
+{
+}
+
+impl<B> ServableBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static
+{
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves, then drains. Connections run on
 /// `workers`, which stop when this returns.
 pub async fn serve<S, B>(
@@ -139,13 +180,8 @@ pub async fn serve<S, B>(
     shutdown: impl Future<Output = ()>,
 ) -> Drained
 where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Servable<B>,
+    B: ServableBody,
 {
     let protocols = Arc::new(Protocols::new());
     let drain = Drain::default();
@@ -295,13 +331,8 @@ impl Protocols {
         drain: &Drain,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
     where
-        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Servable<B>,
+        B: ServableBody,
     {
         let mut first = [0u8; H2_PREFACE.len()];
         let seen = tokio::select! {

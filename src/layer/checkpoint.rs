@@ -45,6 +45,27 @@ pub trait Checkpoint<In>: Clone + Send + Sync + 'static {
     }
 }
 
+/// Implements [`Checkpoint`] for a step that never waits, from its inherent
+/// `check_now(&self, &mut Parts, In) -> Result<Out, GatewayError>`: the step runs when the
+/// chain reaches it and answers with a ready future.
+macro_rules! checks_now {
+    ($step:ty, $in:ty => $out:ty) => {
+        impl $crate::layer::checkpoint::Checkpoint<$in> for $step {
+            type Out = $out;
+
+            fn check(
+                &self,
+                head: &mut ::http::request::Parts,
+                body: $in,
+            ) -> impl ::std::future::Future<Output = Result<$out, $crate::error::GatewayError>> + Send
+            {
+                ::std::future::ready(self.check_now(head, body))
+            }
+        }
+    };
+}
+pub(crate) use checks_now;
+
 /// Two checkpoints in sequence (see [`Checkpoint::then`]).
 #[derive(Debug, Clone)]
 pub struct Then<A, B>(A, B);

@@ -4,12 +4,11 @@
 //! Models without a `context_window` are not checked. Runs after the image work, because the
 //! image tokens depend on the final sizes.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use http::request::Parts;
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::checks_now;
 use crate::chat::{ReadyChat, VisionChat};
 use crate::context::RequestContext;
 use crate::error::{GatewayError, bounded};
@@ -52,7 +51,7 @@ impl ContextBudget {
 }
 
 impl ContextBudget {
-    /// The check itself: synchronous, so [`Checkpoint::check`] answers with a ready future.
+    /// The check itself. Synchronous: `checks_now!` makes it a checkpoint with a ready future.
     fn check_now(&self, head: &mut Parts, vision: VisionChat) -> Result<ReadyChat, GatewayError> {
         let tokens = Self::count(&vision);
         // Without a window and without images the text was not counted (`CountImages` skips
@@ -78,14 +77,4 @@ impl ContextBudget {
     }
 }
 
-impl Checkpoint<VisionChat> for ContextBudget {
-    type Out = ReadyChat;
-
-    fn check(
-        &self,
-        head: &mut Parts,
-        body: VisionChat,
-    ) -> impl Future<Output = Result<ReadyChat, GatewayError>> + Send {
-        std::future::ready(self.check_now(head, body))
-    }
-}
+checks_now!(ContextBudget, VisionChat => ReadyChat);

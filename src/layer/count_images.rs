@@ -4,11 +4,9 @@
 //! `param: "messages"`, and more `image_url` parts than the model's `max_images` get 400
 //! `too_many_images`, before anything is fetched or decoded.
 
-use std::future::Future;
-
 use http::request::Parts;
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::checks_now;
 use crate::chat::{ChatRequest, ScannedChat};
 use crate::error::{GatewayError, bounded};
 use crate::keys::Caller;
@@ -56,7 +54,7 @@ impl CountImages {
 }
 
 impl CountImages {
-    /// The check itself: synchronous, so [`Checkpoint::check`] answers with a ready future.
+    /// The check itself. Synchronous: `checks_now!` makes it a checkpoint with a ready future.
     fn check_now(&self, head: &mut Parts, chat: ChatRequest) -> Result<ScannedChat, GatewayError> {
         // A key with a token limit is charged the estimate: the text must be counted.
         let need_text = head
@@ -68,14 +66,4 @@ impl CountImages {
     }
 }
 
-impl Checkpoint<ChatRequest> for CountImages {
-    type Out = ScannedChat;
-
-    fn check(
-        &self,
-        head: &mut Parts,
-        body: ChatRequest,
-    ) -> impl Future<Output = Result<ScannedChat, GatewayError>> + Send {
-        std::future::ready(self.check_now(head, body))
-    }
-}
+checks_now!(CountImages, ChatRequest => ScannedChat);

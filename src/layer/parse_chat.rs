@@ -4,12 +4,10 @@
 //! JSON, not an object, or lacks a string `model` or a non-empty `messages` array. Runs right
 //! after the body is read: it is cheap, and every later step needs the model.
 
-use std::future::Future;
-
 use bytes::Bytes;
 use http::request::Parts;
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::checks_now;
 use crate::chat::ParsedChat;
 use crate::context::RequestContext;
 use crate::error::{GatewayError, bounded};
@@ -19,7 +17,7 @@ use crate::error::{GatewayError, bounded};
 pub struct ParseChat;
 
 impl ParseChat {
-    /// The check itself: synchronous, so [`Checkpoint::check`] answers with a ready future.
+    /// The check itself. Synchronous: `checks_now!` makes it a checkpoint with a ready future.
     fn check_now(&self, head: &mut Parts, body: Bytes) -> Result<ParsedChat, GatewayError> {
         let parsed = ParsedChat::parse(body)?;
         if let Some(ctx) = head.extensions.get::<std::sync::Arc<RequestContext>>() {
@@ -29,14 +27,4 @@ impl ParseChat {
     }
 }
 
-impl Checkpoint<Bytes> for ParseChat {
-    type Out = ParsedChat;
-
-    fn check(
-        &self,
-        head: &mut Parts,
-        body: Bytes,
-    ) -> impl Future<Output = Result<ParsedChat, GatewayError>> + Send {
-        std::future::ready(self.check_now(head, body))
-    }
-}
+checks_now!(ParseChat, Bytes => ParsedChat);

@@ -2,11 +2,9 @@
 //! After `resolve_model`, so an unknown model is still 404 for everyone; on an open gateway
 //! (no `[[keys]]`, no `Caller`) it lets everything through.
 
-use std::future::Future;
-
 use http::request::Parts;
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::checks_now;
 use crate::chat::ChatRequest;
 use crate::error::{GatewayError, bounded};
 use crate::keys::Caller;
@@ -16,7 +14,7 @@ use crate::keys::Caller;
 pub struct PermitModel;
 
 impl PermitModel {
-    /// The check itself: synchronous, so [`Checkpoint::check`] answers with a ready future.
+    /// The check itself. Synchronous: `checks_now!` makes it a checkpoint with a ready future.
     fn check_now(&self, head: &mut Parts, chat: ChatRequest) -> Result<ChatRequest, GatewayError> {
         if let Some(Caller(key)) = head.extensions.get::<Caller>()
             && !key.models.allows(&chat.parsed.model)
@@ -30,14 +28,4 @@ impl PermitModel {
     }
 }
 
-impl Checkpoint<ChatRequest> for PermitModel {
-    type Out = ChatRequest;
-
-    fn check(
-        &self,
-        head: &mut Parts,
-        body: ChatRequest,
-    ) -> impl Future<Output = Result<ChatRequest, GatewayError>> + Send {
-        std::future::ready(self.check_now(head, body))
-    }
-}
+checks_now!(PermitModel, ChatRequest => ChatRequest);

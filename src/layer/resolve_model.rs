@@ -4,12 +4,11 @@
 //! entry. When the route names an `upstream_model`, plans the one byte-range edit that
 //! rewrites `"model"`; every other byte of the body stays as received.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use http::request::Parts;
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::checks_now;
 use crate::chat::{ChatRequest, Edit, ParsedChat};
 use crate::context::RequestContext;
 use crate::error::GatewayError;
@@ -22,7 +21,7 @@ pub struct ResolveModel {
 }
 
 impl ResolveModel {
-    /// The check itself: synchronous, so [`Checkpoint::check`] answers with a ready future.
+    /// The check itself. Synchronous: `checks_now!` makes it a checkpoint with a ready future.
     fn check_now(&self, head: &mut Parts, parsed: ParsedChat) -> Result<ChatRequest, GatewayError> {
         let Some(route) = self.models.resolve(&parsed.model).cloned() else {
             return Err(GatewayError::model_not_found(&parsed.model));
@@ -45,14 +44,4 @@ impl ResolveModel {
     }
 }
 
-impl Checkpoint<ParsedChat> for ResolveModel {
-    type Out = ChatRequest;
-
-    fn check(
-        &self,
-        head: &mut Parts,
-        body: ParsedChat,
-    ) -> impl Future<Output = Result<ChatRequest, GatewayError>> + Send {
-        std::future::ready(self.check_now(head, body))
-    }
-}
+checks_now!(ResolveModel, ParsedChat => ChatRequest);
