@@ -1,6 +1,7 @@
 //! Admission: who is calling and whether the gateway takes the request now. The first
 //! checkpoint of the chat and inspect chains, before the body is read, so a refused request
-//! costs no body bytes.
+//! is never buffered or parsed. Its body is only read and discarded (up to 1 MiB, for at most
+//! 2 s), so the client's connection stays usable for its next request.
 //!
 //! In order: the gateway key (401 `invalid_api_key`; the key is then removed from the
 //! request, so it can never be forwarded or logged), the gateway-wide in-flight cap
@@ -15,8 +16,10 @@ use std::sync::Arc;
 
 use http::header;
 use http::request::Parts;
+use hyper::body::Incoming;
 
 use super::checkpoint::Checkpoint;
+use super::read_body::drain_unread;
 use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::keys::KeyTable;
@@ -53,10 +56,25 @@ impl Admit {
     }
 }
 
-impl<B: Send + 'static> Checkpoint<B> for Admit {
-    type Out = B;
+impl Checkpoint<Incoming> for Admit {
+    type Out = Incoming;
 
-    async fn check(&self, head: &mut Parts, body: B) -> Result<B, GatewayError> {
+    async fn check(&self, head: &mut Parts, mut body: Incoming) -> Result<Incoming, GatewayError> {
+        match self.admit(head).await {
+            Ok(()) => Ok(body),
+            Err(refused) => {
+                // Read what the client is still sending (bounded) before refusing: left
+                // unread, hyper closes the connection after the refusal, and a client that
+                // reuses it meanwhile loses its next request.
+                drain_unread(head, &mut body).await;
+                Err(refused)
+            }
+        }
+    }
+}
+
+impl Admit {
+    async fn admit(&self, head: &mut Parts) -> Result<(), GatewayError> {
         let caller = self
             .keys
             .authenticate_request(&head.headers, &head.extensions)?;
@@ -97,6 +115,6 @@ impl<B: Send + 'static> Checkpoint<B> for Admit {
             head.extensions.insert(caller);
         }
         head.extensions.insert(InFlight::new(gateway, key_slot));
-        Ok(body)
+        Ok(())
     }
 }

@@ -52,11 +52,7 @@ impl Checkpoint<Incoming> for ReadBody {
         let too_large = GatewayError::BodyTooLarge {
             limit: self.max_bytes,
         };
-        let announced = head
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let announced = announced_length(head);
         if let Some(len) = announced.filter(|&len| len > self.max_bytes) {
             if len <= self.max_bytes.saturating_add(DRAIN_MAX) {
                 drain(&mut body, len).await;
@@ -114,6 +110,21 @@ where
         joined.extend_from_slice(&c);
     }
     Read::Whole(joined.freeze())
+}
+
+/// Reads and discards a body that will not be used, when its announced length is within
+/// [`DRAIN_MAX`] (or unannounced), so the connection can serve the client's next request.
+pub async fn drain_unread(head: &Parts, body: &mut Incoming) {
+    if announced_length(head).is_none_or(|len| len <= DRAIN_MAX) {
+        drain(body, DRAIN_MAX).await;
+    }
+}
+
+fn announced_length(head: &Parts) -> Option<u64> {
+    head.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// Reads and discards up to `limit` bytes for at most [`DRAIN_TIME`].

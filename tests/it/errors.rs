@@ -220,3 +220,73 @@ async fn an_https_upstream_that_does_not_speak_tls_is_502_connect() {
         "{text}"
     );
 }
+
+/// Reads one HTTP/1.1 response (head and a `content-length` body) from `s`; `None` when the
+/// connection closes first.
+async fn read_response(s: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return Some(String::from_utf8_lossy(&got[..end + 4 + len]).into_owned());
+            }
+        }
+        let n = tokio::time::timeout(EVENT_TIMEOUT, s.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_before_the_body_is_read_keeps_the_connection_usable() {
+    use tokio::io::AsyncWriteExt;
+    let up = StandIn::always(Script::json("{}")).await;
+    let keys = r#"
+[[keys]]
+name = "team-a"
+sha256 = "90aec5e445670b3bcab75159dad55a95381d97886440422e6d5cad1675c63ce5"
+models = ["*"]
+"#;
+    let gw = Gateway::from_toml(&format!("{}{keys}", config_for(up.addr, "", ""))).await;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer sk-wrong\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        CHAT.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    // The head alone: a client library often sends the body in a second packet. The
+    // refusal waits for it (it would otherwise race hyper closing the connection).
+    s.write_all(head.as_bytes()).await.expect("write");
+    let early = tokio::time::timeout(Duration::from_millis(200), read_response(&mut s)).await;
+    assert!(
+        early.is_err(),
+        "answered before the body arrived: {early:?}"
+    );
+    s.write_all(CHAT.as_bytes()).await.expect("write");
+    let first = read_response(&mut s).await.expect("a response");
+    assert!(first.starts_with("HTTP/1.1 401"), "{first}");
+    // The same connection serves the next request.
+    s.write_all(format!("{head}{CHAT}").as_bytes())
+        .await
+        .expect("write");
+    let second = read_response(&mut s)
+        .await
+        .expect("the connection was closed after the refusal");
+    assert!(second.starts_with("HTTP/1.1 401"), "{second}");
+}
