@@ -79,17 +79,20 @@ impl<C: GracefulConnection> Future for Watched<C> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let mut this = self.project();
         if !*this.shutting_down {
-            let woken = this.draining.load(Ordering::Acquire)
-                || (!this
+            let mut woken = this.draining.load(Ordering::Acquire);
+            if !woken
+                && !this
                     .registered
                     .as_ref()
                     .is_some_and(|w| w.will_wake(cx.waker()))
-                    && this.notified.as_mut().poll(cx).is_ready());
+            {
+                // First poll, or a new waker: hand it to the `Notify`.
+                woken = this.notified.as_mut().poll(cx).is_ready();
+                *this.registered = Some(cx.waker().clone());
+            }
             if woken {
                 *this.shutting_down = true;
                 this.conn.as_mut().graceful_shutdown();
-            } else if this.registered.is_none() {
-                *this.registered = Some(cx.waker().clone());
             }
         }
         this.conn.poll(cx)

@@ -336,7 +336,14 @@ impl Protocols {
     {
         let mut first = [0u8; H2_PREFACE.len()];
         let seen = tokio::select! {
-            peeked = stream.peek(&mut first) => peeked?,
+            // hyper's header timeout starts with its first read: this one covers the wait
+            // for the first byte, so a connection that never speaks does not stay forever.
+            peeked = tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)) => {
+                match peeked {
+                    Ok(peeked) => peeked?,
+                    Err(_silent) => return Ok(()),
+                }
+            }
             // A connection that has sent nothing yet closes at once.
             () = drain.started() => return Ok(()),
         };
