@@ -1,4 +1,4 @@
-//! The innermost service: sends a checked chat request to its upstream and streams the
+//! The chat stack's endpoint: sends a checked chat request to its upstream and streams the
 //! answer back.
 //!
 //! Request: the body is the client's bytes with only the planned edits spliced in; headers
@@ -52,7 +52,7 @@ impl Endpoint<Request<ReadyChat>> for Forward {
 /// the returned future holds only the exchange in flight and what the answer needs, not
 /// the request in its several forms (an async fn would keep each of them for its whole
 /// life, and every request's future, with each move of it, would be that much bigger).
-fn forward(req: Request<ReadyChat>) -> Forwarding<impl Future<Output = Sent> + Send> {
+fn forward(req: Request<ReadyChat>) -> Forwarding<impl Future<Output = ClientAnswer> + Send> {
     let (mut parts, ReadyChat { chat, .. }) = req.into_parts();
     let upstream = chat.route.upstream.clone();
     let body = match chat.upstream_body() {
@@ -99,7 +99,7 @@ fn forward(req: Request<ReadyChat>) -> Forwarding<impl Future<Output = Sent> + S
 }
 
 /// What the upstream's client answers.
-type Sent = Result<Response<UpstreamIncoming>, ClientError>;
+type ClientAnswer = Result<Response<UpstreamIncoming>, ClientError>;
 
 pin_project! {
     /// [`forward`]'s future: waits for the upstream's response head.
@@ -117,7 +117,7 @@ pin_project! {
     }
 }
 
-impl<F: Future<Output = Sent>> Future for Forwarding<F> {
+impl<F: Future<Output = ClientAnswer>> Future for Forwarding<F> {
     type Output = Result<Response<ResponseBody>, GatewayError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -140,7 +140,7 @@ impl<F: Future<Output = Sent>> Future for Forwarding<F> {
 
 /// The client's response (or failure) to the response this gateway sends.
 fn answer(
-    sent: Result<Sent, Elapsed>,
+    sent: Result<ClientAnswer, Elapsed>,
     upstream: &Upstream,
     ctx: Option<Arc<RequestContext>>,
     in_flight: Option<InFlight>,
