@@ -15,6 +15,7 @@ use crate::error::{GatewayError, bounded};
 use crate::health::{Readiness, ReadyState};
 use crate::keys::{Caller, KeyTable};
 use crate::layer::checkpoint::{CheckedFuture, Handle};
+use crate::layer::read_body::drain_unread;
 use crate::metrics::Metrics;
 use crate::models::ModelTable;
 
@@ -148,7 +149,16 @@ impl Service<Request<Incoming>> for Router {
                 }),
             },
         };
-        Box::pin(std::future::ready(answer))
+        if http_body::Body::is_end_stream(req.body()) {
+            return Box::pin(std::future::ready(answer));
+        }
+        // A body nothing here reads (a 404 or 405 to a POST): discarded first, as admission
+        // does for its refusals, so the connection stays usable.
+        let (head, mut body) = req.into_parts();
+        Box::pin(async move {
+            drain_unread(&head, &mut body).await;
+            answer
+        })
     }
 }
 

@@ -114,6 +114,7 @@ where
 
 /// Reads and discards a body that will not be used, when its announced length is within
 /// [`DRAIN_MAX`] (or unannounced), so the connection can serve the client's next request.
+/// Admission's refusals and the router's on-the-spot answers use it.
 pub async fn drain_unread(head: &Parts, body: &mut Incoming) {
     if announced_length(head).is_none_or(|len| len <= DRAIN_MAX) {
         drain(body, DRAIN_MAX).await;

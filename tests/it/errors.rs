@@ -250,25 +250,16 @@ async fn read_response(s: &mut tokio::net::TcpStream) -> Option<String> {
     }
 }
 
-#[tokio::test]
-async fn a_refusal_before_the_body_is_read_keeps_the_connection_usable() {
+/// Sends `head` alone, then `body`, and checks the refusal (`status`) waited for the body and
+/// left the connection usable for the next request.
+async fn refusal_keeps_the_connection(
+    addr: std::net::SocketAddr,
+    head: &str,
+    body: &str,
+    status: &str,
+) {
     use tokio::io::AsyncWriteExt;
-    let up = StandIn::always(Script::json("{}")).await;
-    let keys = r#"
-[[keys]]
-name = "team-a"
-sha256 = "90aec5e445670b3bcab75159dad55a95381d97886440422e6d5cad1675c63ce5"
-models = ["*"]
-"#;
-    let gw = Gateway::from_toml(&format!("{}{keys}", config_for(up.addr, "", ""))).await;
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer sk-wrong\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        CHAT.len()
-    );
-    let mut s = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).expect("nodelay");
     // The head alone: a client library often sends the body in a second packet. The
     // refusal waits for it (it would otherwise race hyper closing the connection).
@@ -278,15 +269,38 @@ models = ["*"]
         early.is_err(),
         "answered before the body arrived: {early:?}"
     );
-    s.write_all(CHAT.as_bytes()).await.expect("write");
+    s.write_all(body.as_bytes()).await.expect("write");
     let first = read_response(&mut s).await.expect("a response");
-    assert!(first.starts_with("HTTP/1.1 401"), "{first}");
+    assert!(first.starts_with(status), "{first}");
     // The same connection serves the next request.
-    s.write_all(format!("{head}{CHAT}").as_bytes())
+    s.write_all(format!("{head}{body}").as_bytes())
         .await
         .expect("write");
     let second = read_response(&mut s)
         .await
         .expect("the connection was closed after the refusal");
-    assert!(second.starts_with("HTTP/1.1 401"), "{second}");
+    assert!(second.starts_with(status), "{second}");
+}
+
+#[tokio::test]
+async fn a_refusal_before_the_body_is_read_keeps_the_connection_usable() {
+    let up = StandIn::always(Script::json("{}")).await;
+    let keys = r#"
+[[keys]]
+name = "team-a"
+sha256 = "90aec5e445670b3bcab75159dad55a95381d97886440422e6d5cad1675c63ce5"
+models = ["*"]
+"#;
+    let gw = Gateway::from_toml(&format!("{}{keys}", config_for(up.addr, "", ""))).await;
+    let head = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer sk-wrong\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            CHAT.len()
+        )
+    };
+    // Admission's 401, and the router's 404 for a route that reads no body.
+    refusal_keeps_the_connection(gw.addr, &head("/v1/chat/completions"), CHAT, "HTTP/1.1 401")
+        .await;
+    refusal_keeps_the_connection(gw.addr, &head("/v1/completions"), CHAT, "HTTP/1.1 404").await;
 }
