@@ -106,7 +106,10 @@ async fn proxy(client: &UpstreamClient, origin: &str, req: Request<Incoming>) ->
         .await
     {
         Ok(res) => res.map(Either::Left),
-        Err(_) => status(StatusCode::BAD_GATEWAY),
+        Err(e) => {
+            eprintln!("bare_proxy: upstream request failed: {e}");
+            status(StatusCode::BAD_GATEWAY)
+        }
     }
 }
 

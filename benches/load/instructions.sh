@@ -6,10 +6,13 @@
 # the total is divided by that number.
 # Usage: bash benches/load/instructions.sh [BIN]   (default: target/release/vision-gateway)
 #        KEEP_PROFILE=/tmp/cg.out bash benches/load/instructions.sh   (keeps the profile)
+#        MOCK_BIN=target/release/vision-gateway bash benches/load/instructions.sh \
+#          target/release/examples/bare_proxy   (the floor; it has no stand-in of its own)
 # Needs valgrind (Debian package `valgrind`) and wrk (benches/load/run.sh installs it).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${1:-$HERE/../../target/release/vision-gateway}
+MOCK_BIN=${MOCK_BIN:-$BIN}
 N_PER_THREAD=${N_PER_THREAD:-3000}
 PY=${PYTHON:-python3}
 for tool in valgrind callgrind_control wrk; do
@@ -21,7 +24,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT INT TERM
 
 read -r MOCK_PORT GW_PORT < <("$PY" "$HERE/util.py" free-ports 2)
-RUST_LOG=warn "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
+RUST_LOG=warn "$MOCK_BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
 PIDS+=($!)
 printf '[[upstreams]]\nname = "mock"\nbase_url = "http://127.0.0.1:%s/v1"\n[[models]]\nid = "*"\nupstream = "mock"\n' "$MOCK_PORT" >"$WORK/gw.toml"
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
