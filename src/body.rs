@@ -95,11 +95,22 @@ impl Body for ResponseBody {
 pub struct UpstreamBody {
     /// hyper's body plus the pooled connection, which it hands back at a clean end.
     inner: UpstreamIncoming,
-    /// Whether a cut may be reported in-band as an SSE event (the response is an
-    /// uncompressed `text/event-stream` without a fixed length).
-    sse: bool,
+    /// Event tracking, when a cut may be reported in-band as an SSE event (the response is
+    /// an uncompressed `text/event-stream` without a fixed length). Boxed: other responses
+    /// carry one pointer instead of the state, and the response moves through every layer.
+    sse: Option<Box<SseWatch>>,
     done: bool,
-    /// Bytes after the last complete event (SSE mode only).
+    upstream: Arc<str>,
+    /// Where a cut is recorded for the metrics.
+    ctx: Option<Arc<RequestContext>>,
+    /// Admission's slots, released when the body is dropped.
+    in_flight: Option<InFlight>,
+}
+
+/// An SSE stream's state between frames.
+#[derive(Debug, Default)]
+struct SseWatch {
+    /// Bytes after the last complete event.
     held: Vec<Bytes>,
     /// Their total length.
     held_bytes: usize,
@@ -111,11 +122,6 @@ pub struct UpstreamBody {
     tail_len: usize,
     /// Frames ready to go out, in order.
     ready: VecDeque<Frame<Bytes>>,
-    upstream: Arc<str>,
-    /// Where a cut is recorded for the metrics.
-    ctx: Option<Arc<RequestContext>>,
-    /// Admission's slots, released when the body is dropped.
-    in_flight: Option<InFlight>,
 }
 
 impl UpstreamBody {
@@ -129,20 +135,16 @@ impl UpstreamBody {
     ) -> Self {
         Self {
             inner,
-            sse,
+            sse: sse.then(Box::default),
             done: false,
-            held: Vec::new(),
-            held_bytes: 0,
-            partial_out: false,
-            tail: [0; 3],
-            tail_len: 0,
-            ready: VecDeque::new(),
             upstream,
             ctx,
             in_flight: None,
         }
     }
+}
 
+impl SseWatch {
     /// Queues the complete events of `data` (with any held bytes before them) and holds the
     /// incomplete rest, up to [`MAX_HELD`] bytes.
     fn split_at_event_boundary(&mut self, data: Bytes) {
@@ -186,6 +188,22 @@ impl UpstreamBody {
         self.tail[..keep].copy_from_slice(&joint[len - keep..len]);
         self.tail_len = keep;
     }
+
+    /// Ends the stream after a cut: the held half event is dropped, and the error event is
+    /// the last word.
+    fn cut(&mut self, upstream: &Arc<str>) {
+        self.held.clear();
+        self.held_bytes = 0;
+        if self.partial_out {
+            // A giant event already went out in part: end its line first.
+            self.ready
+                .push_back(Frame::data(Bytes::from_static(b"\n\n")));
+        }
+        let cut = GatewayError::UpstreamCut {
+            upstream: upstream.clone(),
+        };
+        self.ready.push_back(Frame::data(cut.to_sse_event()));
+    }
 }
 
 /// Held bytes beyond which an unfinished SSE event is passed on as it is.
@@ -228,57 +246,59 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
-            if let Some(frame) = this.ready.pop_front() {
+            if let Some(frame) = this.sse.as_mut().and_then(|w| w.ready.pop_front()) {
                 return Poll::Ready(Some(Ok(frame)));
             }
             if this.done {
                 return Poll::Ready(None);
             }
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-                Some(Ok(frame)) if this.sse => match frame.into_data() {
-                    Ok(data) => this.split_at_event_boundary(data),
-                    Err(trailers) => {
-                        // Trailers end the body: held bytes go first.
-                        this.release_held();
-                        this.ready.push_back(trailers);
-                    }
+                Some(Ok(frame)) => match &mut this.sse {
+                    None => return Poll::Ready(Some(Ok(frame))),
+                    Some(watch) => match frame.into_data() {
+                        Ok(data) => watch.split_at_event_boundary(data),
+                        Err(trailers) => {
+                            // Trailers end the body: held bytes go first.
+                            watch.release_held();
+                            watch.ready.push_back(trailers);
+                        }
+                    },
                 },
-                Some(Ok(frame)) => return Poll::Ready(Some(Ok(frame))),
                 None => {
                     // A clean end: whatever was held goes out as the upstream sent it.
                     this.done = true;
-                    this.release_held();
+                    if let Some(watch) = &mut this.sse {
+                        watch.release_held();
+                    }
                 }
                 Some(Err(err)) => {
                     this.done = true;
                     if let Some(ctx) = &this.ctx {
                         let _ = ctx.upstream_error.set(UpstreamErrorKind::Reset);
                     }
-                    tracing::warn!(upstream = %this.upstream, error = %err, sse = this.sse, "upstream body cut mid-response");
-                    if !this.sse {
-                        return Poll::Ready(Some(Err(Box::new(err))));
+                    let sse = this.sse.is_some();
+                    tracing::warn!(upstream = %this.upstream, error = %err, sse, "upstream body cut mid-response");
+                    match &mut this.sse {
+                        None => return Poll::Ready(Some(Err(Box::new(err)))),
+                        Some(watch) => watch.cut(&this.upstream),
                     }
-                    this.held.clear();
-                    if this.partial_out {
-                        // A giant event already went out in part: end its line first.
-                        this.ready
-                            .push_back(Frame::data(Bytes::from_static(b"\n\n")));
-                    }
-                    let cut = GatewayError::UpstreamCut {
-                        upstream: this.upstream.clone(),
-                    };
-                    this.ready.push_back(Frame::data(cut.to_sse_event()));
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ready.is_empty() && (self.done || (self.held.is_empty() && self.inner.is_end_stream()))
+        match &self.sse {
+            None => self.done || self.inner.is_end_stream(),
+            Some(w) => {
+                w.ready.is_empty()
+                    && (self.done || (w.held.is_empty() && self.inner.is_end_stream()))
+            }
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.sse {
+        if self.sse.is_some() {
             return SizeHint::default();
         }
         self.inner.size_hint()

@@ -110,6 +110,11 @@ impl RequestContext {
 
     /// Records that a step happened now.
     pub fn mark(&self, step: &OnceLock<Duration>) {
-        let _ = step.set(self.started.elapsed());
+        self.mark_at(step, Instant::now());
+    }
+
+    /// Records that a step happened at `when` (a clock reading the caller already has).
+    pub fn mark_at(&self, step: &OnceLock<Duration>, when: Instant) {
+        let _ = step.set(when.saturating_duration_since(self.started));
     }
 }

@@ -19,8 +19,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use crate::context::RequestContext;
 use crate::error::bounded;
@@ -57,12 +59,11 @@ pub struct Telemetry<S> {
 impl<S, B, RB> Service<Request<B>> for Telemetry<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
     RB: Body<Data = Bytes>,
 {
     type Response = Response<ObservedBody<RB>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = Observed<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -80,7 +81,7 @@ where
             m.in_flight.inc();
         }
         // Recorded as 499 (client closed) if the future is dropped before a response exists.
-        let mut pending = Pending(Some(Record {
+        let pending = Pending(Some(Record {
             ctx,
             metrics: self.metrics.clone(),
             method: req.method().clone(),
@@ -92,20 +93,44 @@ where
             first_byte: None,
             errored: false,
         }));
-        let fut = self.inner.call(req).instrument(span.clone());
-        Box::pin(async move {
-            let res = fut.await?;
-            let mut record = pending.0.take();
-            if let Some(r) = &mut record {
-                r.status = res.status();
-            }
-            Ok(res.map(|body| ObservedBody {
-                inner: body,
-                span,
-                record,
-                ended: false,
-            }))
-        })
+        Observed {
+            inner: self.inner.call(req).instrument(span),
+            pending,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future: hands the record to the response body once there is one.
+    /// Written out rather than boxed: it runs on every request.
+    pub struct Observed<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        pending: Pending,
+    }
+}
+
+impl<F, RB, E> Future for Observed<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    RB: Body<Data = Bytes>,
+{
+    type Output = Result<Response<ObservedBody<RB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let res = ready!(this.inner.as_mut().poll(cx))?;
+        let span = this.inner.as_ref().get_ref().span().clone();
+        let mut record = this.pending.0.take();
+        if let Some(r) = &mut record {
+            r.status = res.status();
+        }
+        Poll::Ready(Ok(res.map(|body| ObservedBody {
+            inner: body,
+            span,
+            record,
+            ended: false,
+        })))
     }
 }
 

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
@@ -173,9 +174,10 @@ fn answer(
         }
         Ok(Ok(res)) => res,
     };
-    upstream.last_answer.now();
+    let now = Instant::now();
+    upstream.last_answer.at(now);
     if let Some(ctx) = &ctx {
-        ctx.mark(&ctx.upstream_headers);
+        ctx.mark_at(&ctx.upstream_headers, now);
     }
 
     let (mut head, incoming) = res.into_parts();

@@ -55,10 +55,19 @@ pub struct LastAnswer(AtomicU64);
 impl LastAnswer {
     /// Records an answer now.
     pub fn now(&self) {
-        let ms = u64::try_from(epoch().elapsed().as_millis())
+        self.at(Instant::now());
+    }
+
+    /// Records an answer at `when` (a clock reading the caller already has).
+    pub fn at(&self, when: Instant) {
+        let ms = u64::try_from(when.saturating_duration_since(epoch()).as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        self.0.store(ms, Ordering::Relaxed);
+        // Every response on every worker lands here: writing only when the millisecond
+        // changed keeps the shared cache line from bouncing between cores on each one.
+        if self.0.load(Ordering::Relaxed) != ms {
+            self.0.store(ms, Ordering::Relaxed);
+        }
     }
 
     /// Whether an answer came within `window` of now.
