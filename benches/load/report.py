@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Turns the raw outputs of one run.sh run into the Markdown summary (stdout and --out).
 
-Reads from --work: wrk-<target>-c<C>.txt (wrk --latency output), ttfc.json, streams.json,
-meta.json. Exit status 0 always, unless --fail-on-miss and a target was missed.
+Reads from --work: wrk-<target>-c<C>.txt (wrk --latency output), ratio.txt (the interleaved
+throughput rounds: "ROUND TARGET REQ/S ERRORS" per line), ttfc.json, streams.json, meta.json. Exit status 0 always, unless --fail-on-miss and a target was missed.
 """
 
 import argparse
@@ -48,6 +48,28 @@ def parse_wrk(path):
         r["socket_errors"] = sum(int(x) for x in m.groups())
     r["raw_ok"] = r["rps"] is not None and r["p99"] is not None
     return r
+
+
+def parse_ratio(path):
+    """The interleaved rounds: {target: [req/s per round]} and the gateway's error count."""
+    rounds, errs = {}, 0
+    try:
+        lines = open(path).read().split("\n")
+    except OSError:
+        return rounds, errs
+    for line in lines:
+        f = line.split()
+        if len(f) == 4:
+            rounds.setdefault(f[1], []).append(float(f[2]))
+            if f[1] == "gateway":
+                errs += int(f[3])
+    return rounds, errs
+
+
+def median(xs):
+    s = sorted(xs)
+    n = len(s)
+    return (s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2) if n else None
 
 
 def parse_cpu(path, requests):
@@ -97,6 +119,7 @@ def main():
            for t, _ in TARGETS for c in (cl, ch)}
     ttfc = load_json(os.path.join(a.work, "ttfc.json")) or {}
     streams = load_json(os.path.join(a.work, "streams.json"))
+    rounds, round_errs = parse_ratio(os.path.join(a.work, "ratio.txt"))
 
     L = []
     L.append(f"# vision-gateway load benchmark ({meta.get('date', '?')})")
@@ -153,6 +176,20 @@ def main():
         L.append(f"| {label} | {p_lo} | {p_hi} | {f1(hi['mock']) if hi else 'n/a'} |")
     L.append("")
 
+    if rounds:
+        n = max(len(v) for v in rounds.values())
+        L.append(f"## Throughput ratio at c={ch}: {n} interleaved rounds (req/s)")
+        L.append("")
+        L.append("nginx and the gateway alternate, the order reversed every other round; the "
+                 "throughput verdict reads the medians.")
+        L.append("")
+        L.append("| round | " + " | ".join(f"{i + 1}" for i in range(n)) + " | median |")
+        L.append("|---|" + "---:|" * (n + 1))
+        for t in ("nginx", "gateway"):
+            v = rounds.get(t, [])
+            L.append(f"| {t} | " + " | ".join(f1(x, 0) for x in v) + f" | {f1(median(v), 0) if v else 'n/a'} |")
+        L.append("")
+
     L.append(f"## Streaming: time to first chunk ({meta.get('ttfc_n', '?')} sequential requests per "
              "target, interleaved)")
     L.append("")
@@ -202,11 +239,18 @@ def main():
         return status == "met"
 
     g32, n32 = wrk[("gateway", ch)], wrk[("nginx", ch)]
+    gm, nm = median(rounds.get("gateway", [])), median(rounds.get("nginx", []))
+    single = ""
     if g32 and n32 and g32["rps"] and n32["rps"]:
-        r = g32["rps"] / n32["rps"]
-        errs = g32["non2xx"] + g32["socket_errors"]
-        judge(f"throughput at c={ch} ≥ 0.9× nginx", f"{f1(g32['rps'], 0)} vs {f1(n32['rps'], 0)} req/s",
-              f"{r:.2f}×", r >= 0.9, errs == 0, f"{errs} gateway errors" if errs else "")
+        single = (f"; the single {meta.get('duration', '?')} s runs above: {f1(g32['rps'], 0)} vs "
+                  f"{f1(n32['rps'], 0)} ({g32['rps'] / n32['rps']:.2f}×)")
+    if gm and nm:
+        r = gm / nm
+        errs = round_errs + (g32["non2xx"] + g32["socket_errors"] if g32 else 0)
+        judge(f"throughput at c={ch} ≥ 0.9× nginx",
+              f"medians of {len(rounds['gateway'])} interleaved rounds: {f1(gm, 0)} vs {f1(nm, 0)} "
+              f"req/s{single}", f"{r:.2f}×", r >= 0.9, errs == 0,
+              f"{errs} gateway errors" if errs else "")
     else:
         judge(f"throughput at c={ch} ≥ 0.9× nginx", "n/a", "n/a", False, note="not measured")
 

@@ -13,6 +13,8 @@ WARMUP=${WARMUP:-2}                 # seconds of wrk warm-up before each measure
 C_LOW=${C_LOW:-1};   T_LOW=${T_LOW:-1}     # low concurrency: connections, wrk threads
 C_HIGH=${C_HIGH:-32}; T_HIGH=${T_HIGH:-2}  # high concurrency: connections, wrk threads
 WRK_TIMEOUT=${WRK_TIMEOUT:-5}       # seconds before wrk counts a request as timed out
+RATIO_ROUNDS=${RATIO_ROUNDS:-5}     # interleaved nginx/gateway rounds for the throughput verdict
+RATIO_SECS=${RATIO_SECS:-5}         # seconds per target per round
 TTFC_N=${TTFC_N:-300}               # streaming requests per target for time to first chunk
 TTFC_WARMUP=${TTFC_WARMUP:-30}      # unrecorded rounds first
 STREAMS=${STREAMS:-1000}            # concurrent open streams for the memory reading
@@ -259,6 +261,27 @@ for c in "$C_LOW" "$C_HIGH"; do
         grep -E 'Requests/sec|^ +(50|99)%|Non-2xx|Socket errors' "$WORK/wrk-$t-c$c.txt" | sed 's/^ */    /' || true
     done
 done
+
+# ---- 4b. the throughput ratio, in interleaved rounds ---------------------------------
+# One run per target lands anywhere within about ±10% of the ratio on a shared machine (two
+# runs 20 minutes apart read 0.86x and 1.01x): the verdict takes the median of rounds in
+# which nginx and the gateway alternate, the order reversed every other round, so drift
+# hits both alike.
+log "throughput ratio: $RATIO_ROUNDS interleaved rounds of ${RATIO_SECS}s per target at c=$C_HIGH"
+: >"$WORK/ratio.txt"
+for r in $(seq 1 "$RATIO_ROUNDS"); do
+    order="nginx gateway"
+    [ $((r % 2)) = 0 ] && order="gateway nginx"
+    for t in $order; do
+        run_child "$WORK/ratio-wrk.txt" wrk -t"$T_HIGH" -c"$C_HIGH" -d"${RATIO_SECS}s" --timeout "${WRK_TIMEOUT}s" \
+            -s "$HERE/post.lua" "http://$H:${PORT[$t]}/v1/chat/completions" || log "WARNING: wrk failed for $t (round $r)"
+        rps=$(awk '/^Requests\/sec/ {print $2}' "$WORK/ratio-wrk.txt")
+        errs=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$WORK/ratio-wrk.txt")
+        echo "$r $t ${rps:-0} $errs" >>"$WORK/ratio.txt"
+    done
+    log "  round $r: $(awk -v r="$r" '$1 == r {printf "%s %s req/s  ", $2, $3}' "$WORK/ratio.txt")"
+done
+rm -f "$WORK/ratio-wrk.txt"
 
 # ---- 5. streaming: time to first chunk -----------------------------------------------
 log "time to first chunk: $TTFC_N streaming requests per target (+$TTFC_WARMUP warm-up), interleaved"
