@@ -18,15 +18,13 @@ PY=${PYTHON:-python3}
 for tool in valgrind callgrind_control wrk; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind wrk)"; exit 1; }
 done
-WORK=$(mktemp -d /tmp/vg-instr.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT INT TERM
+# shellcheck source=benches/load/common.sh
+. "$HERE/common.sh"
+start_work instr
 
 read -r MOCK_PORT GW_PORT < <("$PY" "$HERE/util.py" free-ports 2)
-RUST_LOG=warn "$MOCK_BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
-PIDS+=($!)
-printf '[[upstreams]]\nname = "mock"\nbase_url = "http://127.0.0.1:%s/v1"\n[[models]]\nid = "*"\nupstream = "mock"\n' "$MOCK_PORT" >"$WORK/gw.toml"
+start_mock "$MOCK_BIN" "$MOCK_PORT"
+gateway_config "$MOCK_PORT" >"$WORK/gw.toml"
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
   "$BIN" --config "$WORK/gw.toml" --listen "127.0.0.1:$GW_PORT" >"$WORK/gw.log" 2>&1 &
 GW_PID=$!

@@ -14,16 +14,14 @@ ROUNDS=${ROUNDS:-7}; DURATION=${DURATION:-5}; CONNS=${CONNS:-32}; PY=${PYTHON:-p
 MOCK_BIN=${1#*=}
 for tool in nginx wrk bc; do command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { echo "missing $tool"; exit 1; }; done
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
-WORK=$(mktemp -d /tmp/vg-interleaved.XXXXXX); chmod 755 "$WORK"; mkdir -p "$WORK/tmp"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT INT TERM
+# shellcheck source=benches/load/common.sh
+. "$HERE/common.sh"
+start_work interleaved
+chmod 755 "$WORK"; mkdir -p "$WORK/tmp"
 
 read -r -a PORTS < <("$PY" "$HERE/util.py" free-ports $(($# + 2)))
 MP=${PORTS[0]}; NP=${PORTS[1]}
-RUST_LOG=warn "$MOCK_BIN" mock-upstream --listen "127.0.0.1:$MP" >"$WORK/mock.log" 2>&1 &
-MOCK=$!; PIDS+=("$MOCK")
-"$PY" "$HERE/util.py" wait-http "http://127.0.0.1:$MP/v1/models" 15 "$MOCK"
+start_mock "$MOCK_BIN" "$MP"
 cat >"$WORK/nginx.conf" <<NGX
 worker_processes $(nproc); daemon off; pid $WORK/nginx.pid; error_log $WORK/error.log warn;
 events { worker_connections 8192; }
@@ -39,7 +37,7 @@ NGX
 "$NGINX_BIN" -p "$WORK/" -e "$WORK/error.log" -c "$WORK/nginx.conf" >/dev/null 2>&1 &
 NG=$!; PIDS+=("$NG")
 "$PY" "$HERE/util.py" wait-http "http://127.0.0.1:$NP/v1/models" 15 "$NG"
-printf '[[upstreams]]\nname = "mock"\nbase_url = "http://127.0.0.1:%s/v1"\n[[models]]\nid = "*"\nupstream = "mock"\n' "$MP" >"$WORK/gw.toml"
+gateway_config "$MP" >"$WORK/gw.toml"
 declare -A PORT CPU_PIDS
 NAMES=(nginx); PORT[nginx]=$NP; CPU_PIDS[nginx]="$(pgrep -P "$NG" | tr '\n' ' ')"
 i=2

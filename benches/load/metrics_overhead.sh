@@ -17,14 +17,12 @@ H=127.0.0.1
 command -v wrk >/dev/null || { echo "wrk missing: run benches/load/run.sh once (it installs nginx and wrk)"; exit 1; }
 if [ "${SKIP_BUILD:-0}" != 1 ]; then (cd "$ROOT" && cargo build --release --locked --bin vision-gateway >/dev/null); fi
 
-WORK=$(mktemp -d /tmp/vg-metrics.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT INT TERM
+# shellcheck source=benches/load/common.sh
+. "$HERE/common.sh"
+start_work metrics
 
 read -r MOCK_PORT ON_PORT OFF_PORT < <("$PY" "$HERE/util.py" free-ports 3)
-RUST_LOG=warn "$BIN" mock-upstream --listen "$H:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
-PIDS+=($!)
+start_mock "$BIN" "$MOCK_PORT"
 for mode in on off; do
   metrics=true; port=$ON_PORT
   if [ "$mode" = off ]; then metrics=false; port=$OFF_PORT; fi

@@ -20,16 +20,13 @@ if [ -z "$BIN" ]; then
         cargo build --release --bin vision-gateway --manifest-path "$ROOT/Cargo.toml"
     BIN="$ROOT/target/profiling/release/vision-gateway"
 fi
-WORK=$(mktemp -d /tmp/vg-profile.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT INT TERM
+# shellcheck source=benches/load/common.sh
+. "$HERE/common.sh"
+start_work profile
 
 read -r MOCK_PORT GW_PORT < <("$PY" "$HERE/util.py" free-ports 2)
-RUST_LOG=warn "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
-PIDS+=($!)
-"$PY" "$HERE/util.py" wait-http "http://127.0.0.1:$MOCK_PORT/v1/models" 15 "$!"
-printf '[[upstreams]]\nname = "mock"\nbase_url = "http://127.0.0.1:%s/v1"\n[[models]]\nid = "*"\nupstream = "mock"\n' "$MOCK_PORT" >"$WORK/gw.toml"
+start_mock "$BIN" "$MOCK_PORT"
+gateway_config "$MOCK_PORT" >"$WORK/gw.toml"
 RUST_LOG=warn "$BIN" --config "$WORK/gw.toml" --listen "127.0.0.1:$GW_PORT" >"$WORK/gw.log" 2>&1 &
 GW_PID=$!
 PIDS+=("$GW_PID")
