@@ -7,6 +7,7 @@ throughput rounds: "ROUND TARGET REQ/S ERRORS" per line), ttfc.json, streams.jso
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -249,7 +250,7 @@ def main():
         errs = round_errs + (g32["non2xx"] + g32["socket_errors"] if g32 else 0)
         judge(f"throughput at c={ch} ≥ 0.9× nginx",
               f"medians of {len(rounds['gateway'])} interleaved rounds: {f1(gm, 0)} vs {f1(nm, 0)} "
-              f"req/s{single}", f"{r:.2f}×", r >= 0.9, errs == 0,
+              f"req/s{single}", f"{math.floor(r * 1000) / 1000:.3f}×", r >= 0.9, errs == 0,
               f"{errs} gateway errors" if errs else "")
     else:
         judge(f"throughput at c={ch} ≥ 0.9× nginx", "n/a", "n/a", False, note="not measured")
