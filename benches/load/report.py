@@ -2,7 +2,8 @@
 """Turns the raw outputs of one run.sh run into the Markdown summary (stdout and --out).
 
 Reads from --work: wrk-<target>-c<C>.txt (wrk --latency output), ratio.txt (the interleaved
-throughput rounds: "ROUND TARGET REQ/S ERRORS" per line), ttfc.json, streams.json, meta.json. Exit status 0 always, unless --fail-on-miss and a target was missed.
+throughput rounds: "ROUND TARGET REQ/S ERRORS" per line), ttfc.json, streams.json,
+meta.json. Exit status 0 always, unless --fail-on-miss and a target was missed.
 """
 
 import argparse
