@@ -119,10 +119,12 @@ fn round_trip(c: &mut Criterion) {
 }
 
 /// What metrics cost per request: the updates the telemetry layer makes for one proxied
-/// chat completion (a counter, four histograms, the in-flight gauge twice).
+/// chat completion (a counter, four histograms, the in-flight gauge twice), on one thread
+/// (the cost of sharing cache lines across cores shows only under load).
 fn metrics(c: &mut Criterion) {
     use std::sync::Arc;
-    use vision_gateway::metrics::{Metrics, RequestLabels, Route, RouteLabels, UpstreamLabels};
+    use std::time::Duration;
+    use vision_gateway::metrics::{Finished, Metrics, Route, UpstreamTimes};
     let m = Metrics::new();
     let model: Arc<str> = Arc::from("pixtral-12b-2409");
     let upstream: Arc<str> = Arc::from("scaleway");
@@ -130,30 +132,19 @@ fn metrics(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("record_one_request", |b| {
         b.iter(|| {
-            m.in_flight.inc();
-            m.requests
-                .get_or_create(&RequestLabels {
-                    route: Route::ChatCompletions,
-                    model: model.clone(),
-                    status: 200,
-                })
-                .inc();
-            m.request_duration
-                .get_or_create(&RouteLabels {
-                    route: Route::ChatCompletions,
-                })
-                .observe(black_box(0.0123));
-            let labels = UpstreamLabels {
-                upstream: upstream.clone(),
-            };
-            m.overhead.observe(black_box(0.00004));
-            m.upstream_headers
-                .get_or_create(&labels)
-                .observe(black_box(0.011));
-            m.first_byte
-                .get_or_create(&labels)
-                .observe(black_box(0.0119));
-            m.in_flight.dec();
+            m.request_started();
+            m.request_finished(black_box(&Finished {
+                route: Route::ChatCompletions,
+                model: Some(&model),
+                status: 200,
+                duration: Duration::from_micros(12_300),
+                overhead: Some(Duration::from_micros(40)),
+                upstream: Some(UpstreamTimes {
+                    name: &upstream,
+                    headers: Some(Duration::from_micros(11_000)),
+                    first_byte: Some(Duration::from_micros(11_900)),
+                }),
+            }));
         })
     });
     g.bench_function("encode_exposition", |b| b.iter(|| black_box(m.encode())));

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod mock;
 pub mod models;
 pub mod openai;
+pub mod per_worker;
 pub mod playground;
 pub mod routes;
 pub mod server;

@@ -13,9 +13,12 @@
 //! finish for up to the grace period (idle keep-alive connections close at once, HTTP/2 gets
 //! GOAWAY), then return. This module knows nothing about chat completions.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -25,7 +28,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -212,7 +214,7 @@ where
                 while connections.try_join_next().is_some() {}
                 let serve_one = {
                     let protocols = Arc::clone(&protocols);
-                    let service = TowerToHyperService::new(service.clone());
+                    let service = Direct::new(service.clone());
                     let drain = drain.clone();
                     move |stream: TcpStream| async move {
                         if let Err(e) = protocols.serve(stream, service, &drain).await {
@@ -327,7 +329,7 @@ impl Protocols {
     async fn serve<S, B>(
         &self,
         stream: TcpStream,
-        service: TowerToHyperService<S>,
+        service: Direct<S>,
         drain: &Drain,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
     where
@@ -359,6 +361,80 @@ impl Protocols {
                 .await?)
         } else {
             drain.watch(self.auto.serve_connection(io, service)).await
+        }
+    }
+}
+
+/// Hands hyper's requests to the tower stack without a clone of the stack per request
+/// (hyper-util's `TowerToHyperService` clones it for each one, which writes the shared count
+/// of every `Arc` in the stack, on lines every core writes). Each connection owns its copy
+/// and hyper calls it from the connection's task, one call at a time, so the `RefCell` is
+/// never contended.
+struct Direct<S> {
+    service: RefCell<S>,
+    /// For a call while the service is borrowed, which hyper never makes: answered on a
+    /// clone of this, as `TowerToHyperService` would.
+    spare: S,
+}
+
+impl<S: Clone> Direct<S> {
+    fn new(service: S) -> Self {
+        Self {
+            spare: service.clone(),
+            service: RefCell::new(service),
+        }
+    }
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for Direct<S>
+where
+    S: tower::Service<Request<Incoming>, Error = Infallible> + Clone,
+{
+    type Response = S::Response;
+    type Error = Infallible;
+    type Future = Called<S::Future, tower::util::Oneshot<S, Request<Incoming>>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let Ok(mut service) = self.service.try_borrow_mut() else {
+            return Called::Waiting {
+                inner: tower::util::Oneshot::new(self.spare.clone(), req),
+            };
+        };
+        // The gateway's services are always ready. One that is not gets the request on a
+        // clone, which waits for readiness with the request's own waker.
+        let mut cx = Context::from_waker(Waker::noop());
+        match service.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => Called::Now {
+                inner: service.call(req),
+            },
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => Called::Waiting {
+                inner: tower::util::Oneshot::new(service.clone(), req),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Direct`]'s response future.
+    #[project = CalledProj]
+    enum Called<F, W> {
+        Now { #[pin] inner: F },
+        Waiting { #[pin] inner: W },
+    }
+}
+
+impl<F, W, T> Future for Called<F, W>
+where
+    F: Future<Output = T>,
+    W: Future<Output = T>,
+{
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match self.project() {
+            CalledProj::Now { inner } => inner.poll(cx),
+            CalledProj::Waiting { inner } => inner.poll(cx),
         }
     }
 }
@@ -413,7 +489,7 @@ mod tests {
             let drain = drain.clone();
             async move {
                 Protocols::new()
-                    .serve(server, TowerToHyperService::new(service), &drain)
+                    .serve(server, Direct::new(service), &drain)
                     .await
                     .map_err(|e| e.to_string())
             }

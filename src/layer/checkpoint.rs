@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::request::Parts;
@@ -18,6 +19,7 @@ use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
+use crate::per_worker::PerWorker;
 
 /// One validation step.
 pub trait Checkpoint<In>: Clone + Send + Sync + 'static {
@@ -93,8 +95,10 @@ impl<C: Clone, S> Layer<S> for CheckpointLayer<C> {
 
     fn layer(&self, inner: S) -> Self::Service {
         Checked {
-            check: self.0.clone(),
-            inner,
+            steps: PerWorker::new(Arc::new(Steps {
+                check: self.0.clone(),
+                inner,
+            })),
         }
     }
 }
@@ -112,6 +116,15 @@ pub trait Endpoint<Req>: Clone + Send + Sync + 'static {
 /// A service behind a checkpoint.
 #[derive(Debug, Clone)]
 pub struct Checked<C, S> {
+    /// Each request's future holds its worker's handle to the steps: cloning the steps
+    /// themselves would write the shared counts of every `Arc` they hold (model table,
+    /// keys, image pipeline), lines both cores write on every request.
+    steps: PerWorker<Steps<C, S>>,
+}
+
+/// The checkpoint chain and the endpoint after it.
+#[derive(Debug)]
+struct Steps<C, S> {
     check: C,
     inner: S,
 }
@@ -129,13 +142,12 @@ impl<C, S> Checked<C, S> {
         In: Send + 'static,
         S: Endpoint<Request<C::Out>>,
     {
-        let check = self.check.clone();
-        let inner = self.inner.clone();
+        let steps = self.steps.local();
         // Split here, not in the future: it would keep the request whole as well as its parts.
         let (mut head, body) = req.into_parts();
         Box::pin(async move {
-            let body = check.check(&mut head, body).await?;
-            inner.call(Request::from_parts(head, body)).await
+            let body = steps.check.check(&mut head, body).await?;
+            steps.inner.call(Request::from_parts(head, body)).await
         })
     }
 }

@@ -27,9 +27,10 @@ use tracing::instrument::Instrumented;
 use crate::context::RequestContext;
 use crate::error::bounded;
 use crate::limits::LimitKind;
+use crate::per_worker::{Local, PerWorker};
 use crate::metrics::{
-    ImageLabels, ImageOutcome, ImageRefusal, ImageRefusalLabels, LimitLabel, Metrics,
-    RateLimitedLabels, RequestLabels, Route, RouteLabels, UpstreamErrorLabels, UpstreamLabels,
+    Finished, ImageLabels, ImageOutcome, ImageRefusal, ImageRefusalLabels, LimitLabel, Metrics,
+    RateLimitedLabels, Route, UpstreamErrorLabels, UpstreamTimes,
 };
 
 /// Adds [`Telemetry`] to a stack. `metrics: None` turns metrics off (logs stay).
@@ -44,7 +45,7 @@ impl<S> Layer<S> for TelemetryLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Telemetry {
             inner,
-            metrics: self.metrics.clone(),
+            metrics: self.metrics.clone().map(PerWorker::new),
         }
     }
 }
@@ -53,7 +54,8 @@ impl<S> Layer<S> for TelemetryLayer {
 #[derive(Debug, Clone)]
 pub struct Telemetry<S> {
     inner: S,
-    metrics: Option<Arc<Metrics>>,
+    /// Each record holds its worker's handle (see `per_worker`).
+    metrics: Option<PerWorker<Metrics>>,
 }
 
 impl<S, B, RB> Service<Request<B>> for Telemetry<S>
@@ -78,12 +80,12 @@ where
             None => tracing::info_span!("request"),
         };
         if let Some(m) = &self.metrics {
-            m.in_flight.inc();
+            m.get().request_started();
         }
         // Recorded as 499 (client closed) if the future is dropped before a response exists.
         let pending = Pending(Some(Record {
             ctx,
-            metrics: self.metrics.clone(),
+            metrics: self.metrics.as_ref().map(PerWorker::local),
             method: req.method().clone(),
             route: Route::of(req.uri().path()),
             // Only the log line prints it: not copied when the line is off.
@@ -142,7 +144,7 @@ const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
 
 struct Record {
     ctx: Option<Arc<RequestContext>>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Local<Metrics>>,
     method: Method,
     route: Route,
     /// `None` when the access log is off.
@@ -246,18 +248,29 @@ impl<B: Body> Drop for ObservedBody<B> {
 }
 
 fn record_metrics(m: &Metrics, r: &Record) {
-    m.in_flight.dec();
     let ctx = r.ctx.as_deref();
-    let model = ctx
-        .and_then(|c| c.model_label.get().cloned())
-        .unwrap_or_else(|| Arc::from("-"));
-    m.requests
-        .get_or_create(&RequestLabels {
-            route: r.route,
-            model,
-            status: r.status.as_u16(),
+    let upstream = ctx.and_then(|c| {
+        let sent = c.upstream_sent.get();
+        let headers = sent
+            .zip(c.upstream_headers.get())
+            .map(|(sent, headers)| headers.saturating_sub(*sent));
+        Some(UpstreamTimes {
+            name: c.upstream.get()?,
+            headers,
+            first_byte: headers.and(r.first_byte),
         })
-        .inc();
+    });
+    m.request_finished(&Finished {
+        route: r.route,
+        model: ctx.and_then(|c| c.model_label.get()),
+        status: r.status.as_u16(),
+        duration: ctx.map_or(Duration::ZERO, |c| c.started.elapsed()),
+        overhead: ctx.and_then(|c| {
+            let (read, sent) = (c.body_read.get()?, c.upstream_sent.get()?);
+            Some(sent.saturating_sub(*read))
+        }),
+        upstream,
+    });
     let Some(ctx) = ctx else { return };
     if let Some(images) = ctx.images.get() {
         for (outcome, n) in [
@@ -300,28 +313,9 @@ fn record_metrics(m: &Metrics, r: &Record) {
     if ctx.limit_backend_error.get().is_some() {
         m.limit_backend_errors.inc();
     }
-    m.request_duration
-        .get_or_create(&RouteLabels { route: r.route })
-        .observe(ctx.started.elapsed().as_secs_f64());
     let Some(upstream) = ctx.upstream.get() else {
         return;
     };
-    let labels = UpstreamLabels {
-        upstream: upstream.clone(),
-    };
-    if let (Some(read), Some(sent)) = (ctx.body_read.get(), ctx.upstream_sent.get()) {
-        m.overhead.observe(sent.saturating_sub(*read).as_secs_f64());
-    }
-    if let (Some(sent), Some(headers)) = (ctx.upstream_sent.get(), ctx.upstream_headers.get()) {
-        m.upstream_headers
-            .get_or_create(&labels)
-            .observe(headers.saturating_sub(*sent).as_secs_f64());
-        if let Some(first) = r.first_byte {
-            m.first_byte
-                .get_or_create(&labels)
-                .observe(first.as_secs_f64());
-        }
-    }
     if let Some(kind) = ctx.upstream_error.get() {
         m.upstream_errors
             .get_or_create(&UpstreamErrorLabels {
