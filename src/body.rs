@@ -20,6 +20,8 @@ use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::limits::in_flight::InFlight;
 use crate::metrics::UpstreamErrorKind;
+use crate::models::ModelRoute;
+use crate::per_worker::Local;
 use crate::upstream::UpstreamIncoming;
 
 /// Errors a response body can end with (only a non-SSE upstream body that was cut).
@@ -100,7 +102,8 @@ pub struct UpstreamBody {
     /// carry one pointer instead of the state, and the response moves through every layer.
     sse: Option<Box<SseWatch>>,
     done: bool,
-    upstream: Arc<str>,
+    /// The route it came by: the upstream's name, for a cut's log line and message.
+    route: Local<ModelRoute>,
     /// Where a cut is recorded for the metrics.
     ctx: Option<Arc<RequestContext>>,
     /// Admission's slots, released when the body is dropped.
@@ -130,14 +133,14 @@ impl UpstreamBody {
     pub fn new(
         inner: UpstreamIncoming,
         sse: bool,
-        upstream: Arc<str>,
+        route: Local<ModelRoute>,
         ctx: Option<Arc<RequestContext>>,
     ) -> Self {
         Self {
             inner,
             sse: sse.then(Box::default),
             done: false,
-            upstream,
+            route,
             ctx,
             in_flight: None,
         }
@@ -277,10 +280,10 @@ impl Body for UpstreamBody {
                         let _ = ctx.upstream_error.set(UpstreamErrorKind::Reset);
                     }
                     let sse = this.sse.is_some();
-                    tracing::warn!(upstream = %this.upstream, error = %err, sse, "upstream body cut mid-response");
+                    tracing::warn!(upstream = %this.route.upstream.name, error = %err, sse, "upstream body cut mid-response");
                     match &mut this.sse {
                         None => return Poll::Ready(Some(Err(Box::new(err)))),
-                        Some(watch) => watch.cut(&this.upstream),
+                        Some(watch) => watch.cut(&this.route.upstream.name),
                     }
                 }
             }

@@ -7,7 +7,6 @@
 //! replacements into the original body; unedited bytes are never re-serialised.
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::value::RawValue;
@@ -17,6 +16,7 @@ use crate::images::pipeline::SentImage;
 use crate::messages::MessageScan;
 use crate::models::ModelRoute;
 use crate::openai::ChatRequestView;
+use crate::per_worker::Local;
 use crate::tokens::TokenCount;
 
 /// A body that parsed as a chat completion request.
@@ -39,7 +39,7 @@ pub struct ParsedChat {
 #[derive(Debug)]
 pub struct ChatRequest {
     pub parsed: ParsedChat,
-    pub route: Arc<ModelRoute>,
+    pub route: Local<ModelRoute>,
     /// Byte-range replacements to apply before forwarding, in any order, non-overlapping.
     pub edits: Vec<Edit>,
 }

@@ -12,6 +12,8 @@ use crate::images::pipeline::FailureKind;
 use crate::keys::ApiKey;
 use crate::limits::{LimitKind, LimitState};
 use crate::metrics::UpstreamErrorKind;
+use crate::models::ModelRoute;
+use crate::per_worker::Local;
 
 /// Facts about one request. Cheap to share: layers hold `Arc<RequestContext>`.
 #[derive(Debug)]
@@ -22,10 +24,9 @@ pub struct RequestContext {
     pub started: Instant,
     /// The model id the request asked for, once parsed (for the log line; `error::bounded`).
     pub model: OnceLock<Box<str>>,
-    /// The configured model entry it resolved to (`"*"` for the wildcard): a metrics label.
-    pub model_label: OnceLock<Arc<str>>,
-    /// The configured upstream it was sent to.
-    pub upstream: OnceLock<Arc<str>>,
+    /// The configured model entry it resolved to (its id, `"*"` for the wildcard, is a
+    /// metrics label) and so the upstream it goes to.
+    pub route: OnceLock<Local<ModelRoute>>,
     /// When the body was fully read.
     pub body_read: OnceLock<Duration>,
     /// When the request was handed to the upstream client.
@@ -82,8 +83,7 @@ impl RequestContext {
             id,
             started: Instant::now(),
             model: OnceLock::new(),
-            model_label: OnceLock::new(),
-            upstream: OnceLock::new(),
+            route: OnceLock::new(),
             body_read: OnceLock::new(),
             upstream_sent: OnceLock::new(),
             upstream_headers: OnceLock::new(),
@@ -101,6 +101,17 @@ impl RequestContext {
     }
 
     /// Records a limit's state after its check, for the response headers.
+    /// The configured model id the request resolved to (a metrics label).
+    pub fn model_label(&self) -> Option<&Arc<str>> {
+        self.route.get().map(|r| &r.id)
+    }
+
+    /// The configured upstream, once the request was handed to it.
+    pub fn upstream_name(&self) -> Option<&Arc<str>> {
+        self.upstream_sent.get()?;
+        self.route.get().map(|r| &r.upstream.name)
+    }
+
     pub fn record_limit(&self, kind: LimitKind, state: LimitState) {
         let _ = match kind {
             LimitKind::Requests => self.requests_limit.set(state),

@@ -27,8 +27,8 @@ use prometheus_client::encoding::{
 
 use crate::images::pipeline::FailureKind;
 use crate::per_worker;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;

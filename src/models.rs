@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::config::{Config, ModelConfig, ModelMatch};
 use crate::openai::{Model, ModelList};
+use crate::per_worker::{Local, PerWorker};
 use crate::upstream::{Upstream, UpstreamBuildError};
 
 /// Where a model's requests go and the limits that apply to them.
@@ -26,8 +27,9 @@ pub struct ModelRoute {
 /// All configured models.
 #[derive(Debug)]
 pub struct ModelTable {
-    exact: HashMap<String, Arc<ModelRoute>>,
-    wildcard: Option<Arc<ModelRoute>>,
+    /// Per worker: each request holds its route for its whole life (`per_worker`).
+    exact: HashMap<String, PerWorker<ModelRoute>>,
+    wildcard: Option<PerWorker<ModelRoute>>,
     /// Listed ids in configuration order, for `/v1/models`.
     listed: Vec<Arc<ModelRoute>>,
     /// When the table was built, reported as `created`.
@@ -68,10 +70,10 @@ impl ModelTable {
             });
             match &m.matches {
                 ModelMatch::Exact(id) => {
-                    exact.insert(id.clone(), route.clone());
+                    exact.insert(id.clone(), PerWorker::new(route.clone()));
                     listed.push(route);
                 }
-                ModelMatch::Wildcard => wildcard = Some(route),
+                ModelMatch::Wildcard => wildcard = Some(PerWorker::new(route)),
             }
         }
         let created = SystemTime::now()
@@ -92,8 +94,11 @@ impl ModelTable {
     }
 
     /// The route for a requested model id: an exact entry, else the wildcard.
-    pub fn resolve(&self, model: &str) -> Option<&Arc<ModelRoute>> {
-        self.exact.get(model).or(self.wildcard.as_ref())
+    pub fn resolve(&self, model: &str) -> Option<Local<ModelRoute>> {
+        self.exact
+            .get(model)
+            .or(self.wildcard.as_ref())
+            .map(PerWorker::local)
     }
 
     /// The `/v1/models` list body (`"*"` is not a model and is not listed).
@@ -118,7 +123,7 @@ impl ModelTable {
     /// The `/v1/models/{id}` body, for listed ids only.
     pub fn model_json(&self, id: &str) -> Option<Bytes> {
         let route = self.exact.get(id)?;
-        Some(json_bytes(&self.entry(route)))
+        Some(json_bytes(&self.entry(route.get())))
     }
 
     fn entry<'a>(&self, r: &'a ModelRoute) -> Model<'a> {

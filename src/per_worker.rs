@@ -68,6 +68,12 @@ impl<T: ?Sized> Clone for Local<T> {
     }
 }
 
+impl<T: ?Sized + std::fmt::Debug> std::fmt::Debug for Local<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
 impl<T: ?Sized> Deref for Local<T> {
     type Target = T;
 

@@ -23,11 +23,11 @@ pub struct ResolveModel {
 impl ResolveModel {
     /// The check itself. Synchronous: `checks_now!` makes it a checkpoint with a ready future.
     fn check_now(&self, head: &mut Parts, parsed: ParsedChat) -> Result<ChatRequest, GatewayError> {
-        let Some(route) = self.models.resolve(&parsed.model).cloned() else {
+        let Some(route) = self.models.resolve(&parsed.model) else {
             return Err(GatewayError::model_not_found(&parsed.model));
         };
         if let Some(ctx) = head.extensions.get::<Arc<RequestContext>>() {
-            let _ = ctx.model_label.set(route.id.clone());
+            let _ = ctx.route.set(route.clone());
         }
         let mut edits = Vec::new();
         if let Some(name) = &route.upstream_model_json {

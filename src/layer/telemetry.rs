@@ -27,11 +27,11 @@ use tracing::instrument::Instrumented;
 use crate::context::RequestContext;
 use crate::error::bounded;
 use crate::limits::LimitKind;
-use crate::per_worker::{Local, PerWorker};
 use crate::metrics::{
     Finished, ImageLabels, ImageOutcome, ImageRefusal, ImageRefusalLabels, LimitLabel, Metrics,
     RateLimitedLabels, Route, UpstreamErrorLabels, UpstreamTimes,
 };
+use crate::per_worker::{Local, PerWorker};
 
 /// Adds [`Telemetry`] to a stack. `metrics: None` turns metrics off (logs stay).
 #[derive(Debug, Clone, Default)]
@@ -255,14 +255,14 @@ fn record_metrics(m: &Metrics, r: &Record) {
             .zip(c.upstream_headers.get())
             .map(|(sent, headers)| headers.saturating_sub(*sent));
         Some(UpstreamTimes {
-            name: c.upstream.get()?,
+            name: c.upstream_name()?,
             headers,
             first_byte: headers.and(r.first_byte),
         })
     });
     m.request_finished(&Finished {
         route: r.route,
-        model: ctx.and_then(|c| c.model_label.get()),
+        model: ctx.and_then(RequestContext::model_label),
         status: r.status.as_u16(),
         duration: ctx.map_or(Duration::ZERO, |c| c.started.elapsed()),
         overhead: ctx.and_then(|c| {
@@ -313,7 +313,7 @@ fn record_metrics(m: &Metrics, r: &Record) {
     if ctx.limit_backend_error.get().is_some() {
         m.limit_backend_errors.inc();
     }
-    let Some(upstream) = ctx.upstream.get() else {
+    let Some(upstream) = ctx.upstream_name() else {
         return;
     };
     if let Some(kind) = ctx.upstream_error.get() {

@@ -30,7 +30,9 @@ use crate::layer::checkpoint::Endpoint;
 use crate::layer::request_id::X_REQUEST_ID;
 use crate::limits::in_flight::InFlight;
 use crate::metrics::UpstreamErrorKind;
-use crate::upstream::{ClientError, Upstream, UpstreamIncoming};
+use crate::models::ModelRoute;
+use crate::per_worker::Local;
+use crate::upstream::{ClientError, UpstreamIncoming};
 
 /// The upstream's own request id, kept under another name so ours stays authoritative.
 static X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
@@ -55,11 +57,12 @@ impl Endpoint<Request<ReadyChat>> for Forward {
 /// life, and every request's future, with each move of it, would be that much bigger).
 fn forward(req: Request<ReadyChat>) -> Forwarding<impl Future<Output = ClientAnswer> + Send> {
     let (mut parts, ReadyChat { chat, .. }) = req.into_parts();
-    let upstream = chat.route.upstream.clone();
     let body = match chat.upstream_body() {
         Ok(body) => body,
         Err(e) => return Forwarding::Refused { error: Some(e) },
     };
+    let route = chat.route;
+    let upstream = &route.upstream;
 
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
@@ -88,12 +91,11 @@ fn forward(req: Request<ReadyChat>) -> Forwarding<impl Future<Output = ClientAns
     // Admission's in-flight slots: held by the response body until it ends.
     let in_flight = parts.extensions.remove::<InFlight>();
     if let Some(ctx) = &ctx {
-        let _ = ctx.upstream.set(upstream.name.clone());
         ctx.mark(&ctx.upstream_sent);
     }
     Forwarding::Sending {
         sent: tokio::time::timeout(upstream.first_byte_timeout, upstream.client.request(out)),
-        upstream,
+        route: Some(route),
         ctx,
         in_flight,
     }
@@ -111,7 +113,7 @@ pin_project! {
         Sending {
             #[pin]
             sent: Timeout<F>,
-            upstream: Arc<Upstream>,
+            route: Option<Local<ModelRoute>>,
             ctx: Option<Arc<RequestContext>>,
             in_flight: Option<InFlight>,
         },
@@ -128,12 +130,17 @@ impl<F: Future<Output = ClientAnswer>> Future for Forwarding<F> {
             ))),
             ForwardingProj::Sending {
                 sent,
-                upstream,
+                route,
                 ctx,
                 in_flight,
             } => {
                 let sent = ready!(sent.poll(cx));
-                Poll::Ready(answer(sent, upstream, ctx.take(), in_flight.take()))
+                let Some(route) = route.take() else {
+                    return Poll::Ready(Err(GatewayError::Internal(
+                        "upstream request polled after it ended",
+                    )));
+                };
+                Poll::Ready(answer(sent, route, ctx.take(), in_flight.take()))
             }
         }
     }
@@ -142,10 +149,11 @@ impl<F: Future<Output = ClientAnswer>> Future for Forwarding<F> {
 /// The client's response (or failure) to the response this gateway sends.
 fn answer(
     sent: Result<ClientAnswer, Elapsed>,
-    upstream: &Upstream,
+    route: Local<ModelRoute>,
     ctx: Option<Arc<RequestContext>>,
     in_flight: Option<InFlight>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
+    let upstream = &route.upstream;
     let failed = |kind: UpstreamErrorKind| {
         if let Some(ctx) = &ctx {
             let _ = ctx.upstream_error.set(kind);
@@ -186,7 +194,7 @@ fn answer(
         head.headers.insert(X_UPSTREAM_REQUEST_ID.clone(), theirs);
     }
     let sse = is_uncompressed_unsized_sse(&head.headers);
-    let body = UpstreamBody::new(incoming, sse, upstream.name.clone(), ctx);
+    let body = UpstreamBody::new(incoming, sse, route, ctx);
     let body = match in_flight {
         Some(slots) => ResponseBody::Upstream(body).hold(slots),
         None => ResponseBody::Upstream(body),
