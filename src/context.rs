@@ -22,7 +22,8 @@ pub struct RequestContext {
     pub id: HeaderValue,
     /// When the gateway received the request headers; every duration below counts from it.
     pub started: Instant,
-    /// The model id the request asked for, once parsed (for the log line; `error::bounded`).
+    /// The model id the request asked for, once parsed (for the log line, so only while it
+    /// is on; `error::bounded`).
     pub model: OnceLock<Box<str>>,
     /// The configured model entry it resolved to (its id, `"*"` for the wildcard, is a
     /// metrics label) and so the upstream it goes to.

@@ -10,6 +10,7 @@ use http::request::Parts;
 use super::checkpoint::checks_now;
 use crate::chat::ParsedChat;
 use crate::context::RequestContext;
+use crate::layer::telemetry::access_log_on;
 use crate::error::{GatewayError, bounded};
 
 /// The parsing checkpoint.
@@ -20,7 +21,10 @@ impl ParseChat {
     /// The check itself. Synchronous: `checks_now!` makes it a checkpoint with a ready future.
     fn check_now(&self, head: &mut Parts, body: Bytes) -> Result<ParsedChat, GatewayError> {
         let parsed = ParsedChat::parse(body)?;
-        if let Some(ctx) = head.extensions.get::<std::sync::Arc<RequestContext>>() {
+        // Only the access log prints it: not copied when the log line is off.
+        if let Some(ctx) = head.extensions.get::<std::sync::Arc<RequestContext>>()
+            && access_log_on()
+        {
             let _ = ctx.model.set(bounded(&parsed.model).into());
         }
         Ok(parsed)

@@ -11,6 +11,8 @@
 //! with unread request bytes makes the kernel send a reset, which can destroy the 413 before
 //! the client reads it. Larger bodies are not drained (the client may then see a reset).
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -59,8 +61,15 @@ impl Checkpoint<Incoming> for ReadBody {
             }
             return Err(too_large);
         }
-        let read =
-            tokio::time::timeout(self.timeout, read(&mut body, self.max_bytes, announced)).await;
+        let read = {
+            let mut reading = std::pin::pin!(read(&mut body, self.max_bytes, announced));
+            // hyper has usually queued a small body whole by the time this runs: read it
+            // without arming (and then cancelling) a timer, most of this step's cost.
+            match std::future::poll_fn(|cx| Poll::Ready(reading.as_mut().poll(cx))).await {
+                Poll::Ready(read) => Ok(read),
+                Poll::Pending => tokio::time::timeout(self.timeout, reading).await,
+            }
+        };
         match read {
             Err(_elapsed) => Err(GatewayError::BodyTimeout {
                 after: self.timeout,

@@ -174,8 +174,9 @@ impl Record {
     }
 }
 
-/// Whether the access-log line is written (`RUST_LOG` at info or finer for it).
-fn access_log_on() -> bool {
+/// Whether the access-log line is written (`RUST_LOG` at info or finer for it). What only
+/// the line prints is not gathered when it is off.
+pub fn access_log_on() -> bool {
     tracing::enabled!(target: "vision_gateway::access", tracing::Level::INFO)
 }
 
