@@ -509,11 +509,11 @@ impl Hist {
     }
 
     fn encode(&self, mut encoder: MetricEncoder<'_>) -> std::fmt::Result {
-        // prometheus-client writes an upper bound of f64::MAX as +Inf.
+        // prometheus-client writes an upper bound of infinity as +Inf.
         let mut buckets = [(0.0, 0); LATENCY_BUCKETS.len() + 1];
         for ((slot, bound), n) in buckets
             .iter_mut()
-            .zip(LATENCY_BUCKETS.iter().chain([&f64::MAX]))
+            .zip(LATENCY_BUCKETS.iter().chain([&f64::INFINITY]))
             .zip(self.buckets)
         {
             *slot = (*bound, n);
@@ -522,8 +522,8 @@ impl Hist {
     }
 }
 
-/// Encodes the shards' sum at each scrape, with the same names, help and labels a
-/// prometheus-client family of each would have.
+/// Encodes the shards' sum at each scrape, with the same names, help (a registered metric's
+/// gets a final full stop) and labels a prometheus-client family of each would have.
 struct PerRequest(Arc<Shards>);
 
 impl std::fmt::Debug for PerRequest {
@@ -537,7 +537,7 @@ impl Collector for PerRequest {
         let sum = self.0.sum();
         let mut family = encoder.encode_descriptor(
             "requests",
-            "Requests answered, by route, configured model id (- when none) and HTTP status",
+            "Requests answered, by route, configured model id (- when none) and HTTP status.",
             None,
             MetricType::Counter,
         )?;
@@ -553,7 +553,7 @@ impl Collector for PerRequest {
         }
         let mut family = encoder.encode_descriptor(
             "request_duration_seconds",
-            "Time from request headers to the end of the response body (a stream's whole length)",
+            "Time from request headers to the end of the response body (a stream's whole length).",
             None,
             MetricType::Histogram,
         )?;
@@ -565,7 +565,7 @@ impl Collector for PerRequest {
         encoder
             .encode_descriptor(
                 "requests_in_flight",
-                "Requests whose response has not yet ended",
+                "Requests whose response has not yet ended.",
                 None,
                 MetricType::Gauge,
             )?
@@ -573,12 +573,12 @@ impl Collector for PerRequest {
         for (name, help, hists) in [
             (
                 "upstream_headers_seconds",
-                "Time from sending a request upstream to the upstream's response headers",
+                "Time from sending a request upstream to the upstream's response headers.",
                 &sum.upstream_headers,
             ),
             (
                 "first_byte_seconds",
-                "Time from request headers to the first response body byte sent to the client",
+                "Time from request headers to the first response body byte sent to the client.",
                 &sum.first_byte,
             ),
         ] {
@@ -592,7 +592,7 @@ impl Collector for PerRequest {
         }
         sum.overhead.encode(encoder.encode_descriptor(
             "overhead_seconds",
-            "The gateway's own work on a chat request: from its body fully read to its hand-off to the upstream client",
+            "The gateway's own work on a chat request: from its body fully read to its hand-off to the upstream client.",
             None,
             MetricType::Histogram,
         )?)
@@ -643,5 +643,82 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// Requests recorded on different worker threads land in different shards; `/metrics`
+    /// shows their sum, with the histogram buckets cumulative and ending in +Inf.
+    #[test]
+    fn shards_are_summed_at_scrape() {
+        let m = Metrics::new();
+        let model: Arc<str> = Arc::from("m");
+        let upstream: Arc<str> = Arc::from("up");
+        let done = |ms: u64, headers_ms: u64| Finished {
+            route: Route::ChatCompletions,
+            model: Some(&model),
+            status: 200,
+            duration: Duration::from_millis(ms),
+            overhead: Some(Duration::from_micros(50)),
+            upstream: Some(UpstreamTimes {
+                name: &upstream,
+                headers: Some(Duration::from_millis(headers_ms)),
+                first_byte: None,
+            }),
+        };
+        // What `request_finished` does on worker threads 1 and 2, one request each, and a
+        // third request still in flight on worker 1.
+        for (slot, ms) in [(1, 3), (2, 200)] {
+            let mut shard = m.shards.0[slot]
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            shard.in_flight += 1;
+            drop(shard);
+            let shard = &m.shards.0[slot];
+            let mut guard = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
+            guard.in_flight -= 1;
+            guard
+                .requests
+                .entry(model.clone())
+                .or_default()
+                .push((Route::ChatCompletions, 200, 1));
+            guard.duration[Route::ChatCompletions as usize].observe(Duration::from_millis(ms));
+            guard.overhead.observe(Duration::from_micros(50));
+            guard
+                .upstream_headers
+                .entry(upstream.clone())
+                .or_default()
+                .observe(Duration::from_millis(ms));
+        }
+        m.shards.0[1]
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .in_flight += 1;
+        // And one on this thread (slot 0), through the public API.
+        m.request_started();
+        m.request_finished(&done(3, 3));
+
+        let text = m.encode();
+        let has = |line: &str| assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        has(r#"vision_gateway_requests_total{route="chat_completions",model="m",status="200"} 3"#);
+        has("vision_gateway_requests_in_flight 1");
+        has(r#"vision_gateway_request_duration_seconds_count{route="chat_completions"} 3"#);
+        has(
+            r#"vision_gateway_request_duration_seconds_bucket{le="0.005",route="chat_completions"} 2"#,
+        );
+        has(
+            r#"vision_gateway_request_duration_seconds_bucket{le="0.25",route="chat_completions"} 3"#,
+        );
+        has(
+            r#"vision_gateway_request_duration_seconds_bucket{le="+Inf",route="chat_completions"} 3"#,
+        );
+        has(r#"vision_gateway_upstream_headers_seconds_count{upstream="up"} 3"#);
+        has("vision_gateway_overhead_seconds_count 3");
+        assert!(
+            !text.contains("vision_gateway_first_byte_seconds_count"),
+            "no first byte was recorded: {text}"
+        );
+        // Routes nobody asked for are not listed.
+        assert!(!text.contains(r#"route="healthz""#), "{text}");
     }
 }

@@ -10,8 +10,8 @@ use http::request::Parts;
 use super::checkpoint::checks_now;
 use crate::chat::ParsedChat;
 use crate::context::RequestContext;
-use crate::layer::telemetry::access_log_on;
 use crate::error::{GatewayError, bounded};
+use crate::layer::telemetry::access_log_on;
 
 /// The parsing checkpoint.
 #[derive(Debug, Clone, Copy)]
