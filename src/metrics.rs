@@ -452,18 +452,22 @@ impl Shards {
 #[repr(align(128))]
 struct Padded(Mutex<Shard>);
 
+/// A map keyed by configured names, looked up on every request: foldhash, not SipHash (the
+/// keys are from the config, not from clients).
+type ByName<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
+
 /// One worker's share of the per-request metrics.
 #[derive(Default)]
 struct Shard {
     /// Started minus finished here (a shard's own count may be negative; the sum is not).
     in_flight: i64,
     /// Request counts by model label, then (route, status).
-    requests: HashMap<Arc<str>, Vec<(Route, u16, u64)>>,
+    requests: ByName<Vec<(Route, u16, u64)>>,
     /// Request durations, indexed by `Route as usize`.
     duration: [Hist; Route::ALL.len()],
     overhead: Hist,
-    upstream_headers: HashMap<Arc<str>, Hist>,
-    first_byte: HashMap<Arc<str>, Hist>,
+    upstream_headers: ByName<Hist>,
+    first_byte: ByName<Hist>,
 }
 
 /// All shards added up, ordered for a stable exposition.
