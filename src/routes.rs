@@ -30,8 +30,8 @@ impl ChatService {
     }
 }
 
-/// Dispatches by path and method. hyper clones the whole service stack for every request,
-/// so the router is one shared pointer to its [`Routes`].
+/// Dispatches by path and method. Every connection clones the service stack once, so the
+/// router is one shared pointer to its [`Routes`].
 #[derive(Clone)]
 pub struct Router(Arc<Routes>);
 
