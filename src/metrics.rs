@@ -656,51 +656,38 @@ mod tests {
         let m = Metrics::new();
         let model: Arc<str> = Arc::from("m");
         let upstream: Arc<str> = Arc::from("up");
-        let done = |ms: u64, headers_ms: u64| Finished {
-            route: Route::ChatCompletions,
-            model: Some(&model),
-            status: 200,
-            duration: Duration::from_millis(ms),
-            overhead: Some(Duration::from_micros(50)),
-            upstream: Some(UpstreamTimes {
-                name: &upstream,
-                headers: Some(Duration::from_millis(headers_ms)),
-                first_byte: None,
-            }),
+        let record = |worker: usize, ms: u64, finish: bool| {
+            crate::server::act_as_worker(worker);
+            m.request_started();
+            if finish {
+                m.request_finished(&Finished {
+                    route: Route::ChatCompletions,
+                    model: Some(&model),
+                    status: 200,
+                    duration: Duration::from_millis(ms),
+                    overhead: Some(Duration::from_micros(50)),
+                    upstream: Some(UpstreamTimes {
+                        name: &upstream,
+                        headers: Some(Duration::from_millis(ms)),
+                        first_byte: None,
+                    }),
+                });
+            }
         };
-        // What `request_finished` does on worker threads 1 and 2, one request each, and a
-        // third request still in flight on worker 1.
-        for (slot, ms) in [(1, 3), (2, 200)] {
-            let mut shard = m.shards.0[slot]
-                .0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            shard.in_flight += 1;
-            drop(shard);
-            let shard = &m.shards.0[slot];
-            let mut guard = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
-            guard.in_flight -= 1;
-            guard
-                .requests
-                .entry(model.clone())
-                .or_default()
-                .push((Route::ChatCompletions, 200, 1));
-            guard.duration[Route::ChatCompletions as usize].observe(Duration::from_millis(ms));
-            guard.overhead.observe(Duration::from_micros(50));
-            guard
-                .upstream_headers
-                .entry(upstream.clone())
-                .or_default()
-                .observe(Duration::from_millis(ms));
-        }
-        m.shards.0[1]
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .in_flight += 1;
-        // And one on this thread (slot 0), through the public API.
-        m.request_started();
-        m.request_finished(&done(3, 3));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                record(1, 3, true);
+                // Still in flight at the scrape.
+                record(1, 0, false);
+            });
+            s.spawn(|| record(2, 200, true));
+            s.spawn(|| record(0, 3, true));
+        });
+        let used = |i: usize| m.shards.0[i].0.lock().map(|s| !s.requests.is_empty());
+        assert!(
+            matches!((used(1), used(2)), (Ok(true), Ok(true))),
+            "one shard per worker"
+        );
 
         let text = m.encode();
         let has = |line: &str| assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
@@ -718,6 +705,9 @@ mod tests {
         );
         has(r#"vision_gateway_upstream_headers_seconds_count{upstream="up"} 3"#);
         has("vision_gateway_overhead_seconds_count 3");
+        has(
+            "# HELP vision_gateway_requests Requests answered, by route, configured model id (- when none) and HTTP status.",
+        );
         assert!(
             !text.contains("vision_gateway_first_byte_seconds_count"),
             "no first byte was recorded: {text}"

@@ -67,6 +67,12 @@ pub fn worker_index() -> usize {
     WORKER.with(std::cell::Cell::get)
 }
 
+/// Makes this thread count as worker `i` (tests of per-worker state).
+#[cfg(test)]
+pub(crate) fn act_as_worker(i: usize) {
+    WORKER.with(|w| w.set(i));
+}
+
 /// How long a stopping worker waits for its blocking tasks (an image being resized).
 const WORKER_STOP: Duration = Duration::from_secs(1);
 
