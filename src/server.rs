@@ -513,4 +513,78 @@ mod tests {
         drop(client);
         assert!(serving.await.is_ok());
     }
+
+    /// A service that is not ready when hyper calls it still answers: the request waits on
+    /// a clone for readiness (with the connection's waker), as with hyper-util's adapter.
+    #[tokio::test]
+    async fn a_service_that_is_not_ready_at_once_still_answers() {
+        use std::sync::atomic::AtomicBool;
+
+        /// Pending on its first readiness poll (waking the caller), ready after that; a call
+        /// on a copy that never saw `Ready` answers 500.
+        #[derive(Clone)]
+        struct Late {
+            polled: Arc<AtomicBool>,
+            ready: bool,
+        }
+
+        impl tower::Service<Request<Incoming>> for Late {
+            type Response = Response<http_body_util::Full<Bytes>>;
+            type Error = Infallible;
+            type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+            fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                if self.polled.swap(true, Ordering::SeqCst) {
+                    self.ready = true;
+                    Poll::Ready(Ok(()))
+                } else {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            }
+
+            fn call(&mut self, _req: Request<Incoming>) -> Self::Future {
+                let mut res = Response::new(http_body_util::Full::new(Bytes::from_static(b"late")));
+                if !std::mem::take(&mut self.ready) {
+                    *res.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                std::future::ready(Ok(res))
+            }
+        }
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let polled = Arc::new(AtomicBool::new(false));
+        let drain = Drain::default();
+        let serving = tokio::spawn({
+            let drain = drain.clone();
+            let service = Late {
+                polled: polled.clone(),
+                ready: false,
+            };
+            async move {
+                Protocols::new()
+                    .serve(server, Direct::new(service), &drain)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        });
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+            .await
+            .expect("answered in time")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("late"), "{answer}");
+        assert!(polled.load(Ordering::SeqCst), "readiness was polled");
+        assert!(serving.await.is_ok());
+    }
 }

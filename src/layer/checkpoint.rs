@@ -135,7 +135,7 @@ pub type CheckedFuture =
 
 impl<C, S> Checked<C, S> {
     /// Checks the request, then calls the endpoint.
-    /// Needs only `&self`: the request's future owns its own copies of the steps.
+    /// Needs only `&self`: the request's future holds its worker's handle to the steps.
     fn respond<In>(&self, req: Request<In>) -> CheckedFuture
     where
         C: Checkpoint<In>,
