@@ -33,6 +33,7 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
+use crate::coarse_timer::CoarseTimer;
 use crate::drain::Drain;
 use crate::health::Readiness;
 
@@ -191,7 +192,7 @@ where
     S: Servable<B>,
     B: ServableBody,
 {
-    let protocols = Arc::new(Protocols::new());
+    let protocols = Arc::new(Protocols::new(HEADER_READ_TIMEOUT));
     let drain = Drain::default();
     // Owns every connection task: the drain waits for it to empty, and dropping it (when
     // this function returns) aborts whatever outlived the grace period, even when the
@@ -294,15 +295,19 @@ struct Protocols {
     /// For a connection whose first bytes are a strict prefix of the preface: reads until
     /// it can tell, then replays what it read.
     auto: auto::Builder<TokioExecutor>,
+    /// How long a client may take to send a request's headers, or its first bytes.
+    header_read_timeout: Duration,
 }
 
 impl Protocols {
-    fn new() -> Self {
+    fn new(header_read_timeout: Duration) -> Self {
         // The same settings on both paths to each protocol.
+        // hyper arms the header-read timer for every request: the coarse timer makes that
+        // a slab entry instead of a tokio timer registration (coarse_timer.rs).
         macro_rules! http1 {
             ($b:expr) => {
-                $b.timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                $b.timer(CoarseTimer)
+                    .header_read_timeout(header_read_timeout)
             };
         }
         macro_rules! http2 {
@@ -325,6 +330,7 @@ impl Protocols {
             http1: h1,
             http2: h2,
             auto,
+            header_read_timeout,
         }
     }
 
@@ -346,7 +352,7 @@ impl Protocols {
         let seen = tokio::select! {
             // hyper's header timeout starts with its first read: this one covers the wait
             // for the first byte, so a connection that never speaks does not stay forever.
-            peeked = tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)) => {
+            peeked = tokio::time::timeout(self.header_read_timeout, stream.peek(&mut first)) => {
                 match peeked {
                     Ok(peeked) => peeked?,
                     Err(_silent) => return Ok(()),
@@ -494,7 +500,7 @@ mod tests {
         let serving = tokio::spawn({
             let drain = drain.clone();
             async move {
-                Protocols::new()
+                Protocols::new(HEADER_READ_TIMEOUT)
                     .serve(server, Direct::new(service), &drain)
                     .await
                     .map_err(|e| e.to_string())
@@ -511,6 +517,59 @@ mod tests {
         assert_eq!(frame_head[3], 4, "the server's first frame is its SETTINGS");
         drain.start();
         drop(client);
+        assert!(serving.await.is_ok());
+    }
+
+    /// A client that starts a request head and stalls is cut off once the header-read
+    /// timeout (on the coarse timer) has passed, after a first request served normally on
+    /// the same connection.
+    #[tokio::test]
+    async fn a_stalled_request_head_is_cut_off_after_the_header_read_timeout() {
+        let timeout = Duration::from_millis(1500);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let service = tower::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        });
+        let drain = Drain::default();
+        let serving = tokio::spawn(async move {
+            Protocols::new(timeout)
+                .serve(server, Direct::new(service), &drain)
+                .await
+                .map_err(|e| e.to_string())
+        });
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = [0u8; 256];
+        let n = client.read(&mut answer).await.expect("read");
+        let first = String::from_utf8_lossy(&answer[..n]).into_owned();
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        assert!(first.ends_with("ok"), "{first}");
+
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .expect("write");
+        let stalled = tokio::time::Instant::now();
+        let mut rest = Vec::new();
+        tokio::time::timeout(
+            timeout + crate::coarse_timer::TICK + Duration::from_secs(5),
+            client.read_to_end(&mut rest),
+        )
+        .await
+        .expect("the server closed the connection")
+        .expect("read");
+        let waited = stalled.elapsed();
+        assert!(waited >= timeout, "closed after {waited:?}");
+        assert!(
+            !String::from_utf8_lossy(&rest).contains(" 200 "),
+            "the stalled head was not answered"
+        );
         assert!(serving.await.is_ok());
     }
 
@@ -566,7 +625,7 @@ mod tests {
                 ready: false,
             };
             async move {
-                Protocols::new()
+                Protocols::new(HEADER_READ_TIMEOUT)
                     .serve(server, Direct::new(service), &drain)
                     .await
                     .map_err(|e| e.to_string())
