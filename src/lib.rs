@@ -7,7 +7,6 @@ pub mod app;
 pub mod body;
 pub mod chat;
 pub mod cli;
-pub mod coarse_timer;
 pub mod config;
 pub mod context;
 pub mod drain;

@@ -33,7 +33,6 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
-use crate::coarse_timer::CoarseTimer;
 use crate::drain::Drain;
 use crate::health::Readiness;
 
@@ -302,11 +301,9 @@ struct Protocols {
 impl Protocols {
     fn new(header_read_timeout: Duration) -> Self {
         // The same settings on both paths to each protocol.
-        // hyper arms the header-read timer for every request: the coarse timer makes that
-        // a slab entry instead of a tokio timer registration (coarse_timer.rs).
         macro_rules! http1 {
             ($b:expr) => {
-                $b.timer(CoarseTimer)
+                $b.timer(TokioTimer::new())
                     .header_read_timeout(header_read_timeout)
             };
         }
@@ -521,7 +518,7 @@ mod tests {
     }
 
     /// A client that starts a request head and stalls is cut off once the header-read
-    /// timeout (on the coarse timer) has passed, after a first request served normally on
+    /// timeout has passed, after a first request served normally on
     /// the same connection.
     #[tokio::test]
     async fn a_stalled_request_head_is_cut_off_after_the_header_read_timeout() {
@@ -558,7 +555,7 @@ mod tests {
         let stalled = tokio::time::Instant::now();
         let mut rest = Vec::new();
         tokio::time::timeout(
-            timeout + crate::coarse_timer::TICK + Duration::from_secs(5),
+            timeout + Duration::from_secs(5),
             client.read_to_end(&mut rest),
         )
         .await
