@@ -479,15 +479,21 @@ mod tests {
 
     use super::*;
 
+    /// A client socket and the server's end of its connection, on loopback.
+    async fn connected() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (client, server)
+    }
+
     /// A connection whose first bytes are only part of the HTTP/2 preface cannot be told
     /// from a peek; it is still served as HTTP/2 once the rest arrives.
     #[tokio::test]
     async fn a_preface_arriving_in_pieces_is_still_served_as_http2() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
+        let (mut client, server) = connected().await;
         // Only the first 5 bytes are on the wire when the server peeks.
         client.write_all(&H2_PREFACE[..5]).await.expect("write");
         let service = tower::service_fn(|_req: Request<Incoming>| async {
@@ -518,16 +524,11 @@ mod tests {
     }
 
     /// A client that starts a request head and stalls is cut off once the header-read
-    /// timeout has passed, after a first request served normally on
-    /// the same connection.
+    /// timeout has passed, after a first request served normally on the same connection.
     #[tokio::test]
     async fn a_stalled_request_head_is_cut_off_after_the_header_read_timeout() {
         let timeout = Duration::from_millis(1500);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
+        let (mut client, server) = connected().await;
         let service = tower::service_fn(|_req: Request<Incoming>| async {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
         });
@@ -608,11 +609,7 @@ mod tests {
             }
         }
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
+        let (mut client, server) = connected().await;
         let polled = Arc::new(AtomicBool::new(false));
         let drain = Drain::default();
         let serving = tokio::spawn({
