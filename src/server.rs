@@ -479,6 +479,26 @@ mod tests {
 
     use super::*;
 
+    /// Serves the server's end of a connection with `service` until it closes or `drain`
+    /// has shut it down.
+    fn spawn_serving<S, B>(
+        header_read_timeout: Duration,
+        server: TcpStream,
+        service: S,
+        drain: Drain,
+    ) -> tokio::task::JoinHandle<Result<(), String>>
+    where
+        S: Servable<B>,
+        B: ServableBody,
+    {
+        tokio::spawn(async move {
+            Protocols::new(header_read_timeout)
+                .serve(server, Direct::new(service), &drain)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
     /// A client socket and the server's end of its connection, on loopback.
     async fn connected() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -500,15 +520,7 @@ mod tests {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
         });
         let drain = Drain::default();
-        let serving = tokio::spawn({
-            let drain = drain.clone();
-            async move {
-                Protocols::new(HEADER_READ_TIMEOUT)
-                    .serve(server, Direct::new(service), &drain)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        });
+        let serving = spawn_serving(HEADER_READ_TIMEOUT, server, service, drain.clone());
         client.write_all(&H2_PREFACE[5..]).await.expect("write");
         // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
         client
@@ -533,19 +545,20 @@ mod tests {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
         });
         let drain = Drain::default();
-        let serving = tokio::spawn(async move {
-            Protocols::new(timeout)
-                .serve(server, Direct::new(service), &drain)
-                .await
-                .map_err(|e| e.to_string())
-        });
+        let serving = spawn_serving(timeout, server, service, drain);
         client
             .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
             .expect("write");
-        let mut answer = [0u8; 256];
-        let n = client.read(&mut answer).await.expect("read");
-        let first = String::from_utf8_lossy(&answer[..n]).into_owned();
+        // Read until the body has arrived (the answer may come in more than one read).
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 256];
+        while !answer.ends_with(b"ok") {
+            let n = client.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed before answering");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        let first = String::from_utf8_lossy(&answer).into_owned();
         assert!(first.starts_with("HTTP/1.1 200"), "{first}");
         assert!(first.ends_with("ok"), "{first}");
 
@@ -612,19 +625,11 @@ mod tests {
         let (mut client, server) = connected().await;
         let polled = Arc::new(AtomicBool::new(false));
         let drain = Drain::default();
-        let serving = tokio::spawn({
-            let drain = drain.clone();
-            let service = Late {
-                polled: polled.clone(),
-                ready: false,
-            };
-            async move {
-                Protocols::new(HEADER_READ_TIMEOUT)
-                    .serve(server, Direct::new(service), &drain)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        });
+        let service = Late {
+            polled: polled.clone(),
+            ready: false,
+        };
+        let serving = spawn_serving(HEADER_READ_TIMEOUT, server, service, drain.clone());
         client
             .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .await
