@@ -73,6 +73,13 @@ pin_project! {
     }
 }
 
+impl<C: GracefulConnection> crate::idle::Idle for Watched<C> {
+    /// A connection closed for idleness ended without error.
+    fn closed_idle() -> C::Output {
+        Ok(())
+    }
+}
+
 impl<C: GracefulConnection> Future for Watched<C> {
     type Output = C::Output;
 

@@ -13,6 +13,7 @@ pub mod drain;
 pub mod error;
 pub mod headers;
 pub mod health;
+pub mod idle;
 pub mod images;
 pub mod inspect;
 pub mod keys;

@@ -35,6 +35,7 @@ use tokio::task::JoinSet;
 
 use crate::drain::Drain;
 use crate::health::Readiness;
+use crate::idle::{Activity, IdleGuard, InFlight, Tracked};
 
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,7 +192,7 @@ where
     S: Servable<B>,
     B: ServableBody,
 {
-    let protocols = Arc::new(Protocols::new(HEADER_READ_TIMEOUT));
+    let protocols = Arc::new(Protocols::new(IDLE_TIMEOUT));
     let drain = Drain::default();
     // Owns every connection task: the drain waits for it to empty, and dropping it (when
     // this function returns) aborts whatever outlived the grace period, even when the
@@ -284,8 +285,9 @@ where
 /// (prior knowledge) opens.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection may sit idle, between requests or in the middle of a request's
+/// headers, before it is closed; also how long it may take to send its first bytes.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How connections are served, by protocol.
 struct Protocols {
@@ -294,17 +296,19 @@ struct Protocols {
     /// For a connection whose first bytes are a strict prefix of the preface: reads until
     /// it can tell, then replays what it read.
     auto: auto::Builder<TokioExecutor>,
-    /// How long a client may take to send a request's headers, or its first bytes.
-    header_read_timeout: Duration,
+    /// How long an HTTP/1.1 connection may sit idle (`idle.rs`), and how long any may
+    /// take to send its first bytes.
+    idle_timeout: Duration,
 }
 
 impl Protocols {
-    fn new(header_read_timeout: Duration) -> Self {
+    fn new(idle_timeout: Duration) -> Self {
         // The same settings on both paths to each protocol.
+        // No `header_read_timeout`: the idle guard (`idle.rs`) closes a stalled head, at a
+        // fraction of the cost per request.
         macro_rules! http1 {
             ($b:expr) => {
-                $b.timer(TokioTimer::new())
-                    .header_read_timeout(header_read_timeout)
+                $b.timer(TokioTimer::new()).header_read_timeout(None)
             };
         }
         macro_rules! http2 {
@@ -327,7 +331,7 @@ impl Protocols {
             http1: h1,
             http2: h2,
             auto,
-            header_read_timeout,
+            idle_timeout,
         }
     }
 
@@ -347,9 +351,9 @@ impl Protocols {
     {
         let mut first = [0u8; H2_PREFACE.len()];
         let seen = tokio::select! {
-            // hyper's header timeout starts with its first read: this one covers the wait
+            // Nothing guards a connection until its protocol is known: this covers the wait
             // for the first byte, so a connection that never speaks does not stay forever.
-            peeked = tokio::time::timeout(self.header_read_timeout, stream.peek(&mut first)) => {
+            peeked = tokio::time::timeout(self.idle_timeout, stream.peek(&mut first)) => {
                 match peeked {
                     Ok(peeked) => peeked?,
                     Err(_silent) => return Ok(()),
@@ -360,16 +364,18 @@ impl Protocols {
         };
         let first = first.get(..seen).unwrap_or_default();
         let io = TokioIo::new(stream);
+        let activity = Arc::clone(&service.activity);
         if seen == 0 || !H2_PREFACE.starts_with(first) {
-            Ok(drain
-                .watch(self.http1.serve_connection(io, service))
-                .await?)
+            let conn = drain.watch(self.http1.serve_connection(io, service));
+            Ok(IdleGuard::new(conn, activity, self.idle_timeout).await?)
         } else if seen == H2_PREFACE.len() {
+            // HTTP/2 has its own watch (pings) and no idle guard.
             Ok(drain
                 .watch(self.http2.serve_connection(io, service))
                 .await?)
         } else {
-            drain.watch(self.auto.serve_connection(io, service)).await
+            let conn = drain.watch(self.auto.serve_connection(io, service));
+            IdleGuard::new(conn, activity, self.idle_timeout).await
         }
     }
 }
@@ -384,6 +390,8 @@ struct Direct<S> {
     /// For a call while the service is borrowed, which hyper never makes: answered on a
     /// clone of this, as `TowerToHyperService` would.
     spare: S,
+    /// Told of every request, for the connection's idle guard.
+    activity: Arc<Activity>,
 }
 
 impl<S: Clone> Direct<S> {
@@ -391,60 +399,86 @@ impl<S: Clone> Direct<S> {
         Self {
             spare: service.clone(),
             service: RefCell::new(service),
+            activity: Arc::default(),
         }
     }
 }
 
-impl<S> hyper::service::Service<Request<Incoming>> for Direct<S>
+impl<S, B> hyper::service::Service<Request<Incoming>> for Direct<S>
 where
-    S: tower::Service<Request<Incoming>, Error = Infallible> + Clone,
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone,
 {
-    type Response = S::Response;
+    type Response = Response<Tracked<B>>;
     type Error = Infallible;
     type Future = Called<S::Future, tower::util::Oneshot<S, Request<Incoming>>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let in_flight = Some(self.activity.start());
         let Ok(mut service) = self.service.try_borrow_mut() else {
-            return Called::Waiting {
-                inner: tower::util::Oneshot::new(self.spare.clone(), req),
+            return Called {
+                call: Call::Waiting {
+                    inner: tower::util::Oneshot::new(self.spare.clone(), req),
+                },
+                in_flight,
             };
         };
         // The gateway's services are always ready. One that is not gets the request on a
         // clone, which waits for readiness with the request's own waker.
         let mut cx = Context::from_waker(Waker::noop());
-        match service.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => Called::Now {
+        let call = match service.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => Call::Now {
                 inner: service.call(req),
             },
             Poll::Ready(Err(never)) => match never {},
-            Poll::Pending => Called::Waiting {
+            Poll::Pending => Call::Waiting {
                 inner: tower::util::Oneshot::new(service.clone(), req),
             },
-        }
+        };
+        Called { call, in_flight }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// [`Direct`]'s response future.
-    #[project = CalledProj]
-    enum Called<F, W> {
+    /// [`Direct`]'s response future: the request is in flight for the connection's idle
+    /// guard until its response body is dropped.
+    struct Called<F, W> {
+        #[pin]
+        call: Call<F, W>,
+        in_flight: Option<InFlight>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = CallProj]
+    enum Call<F, W> {
         Now { #[pin] inner: F },
         Waiting { #[pin] inner: W },
     }
 }
 
-impl<F, W, T> Future for Called<F, W>
+impl<F, W, B> Future for Called<F, W>
 where
-    F: Future<Output = T>,
-    W: Future<Output = T>,
+    F: Future<Output = Result<Response<B>, Infallible>>,
+    W: Future<Output = Result<Response<B>, Infallible>>,
 {
-    type Output = T;
+    type Output = Result<Response<Tracked<B>>, Infallible>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        match self.project() {
-            CalledProj::Now { inner } => inner.poll(cx),
-            CalledProj::Waiting { inner } => inner.poll(cx),
-        }
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answered = match this.call.project() {
+            CallProj::Now { inner } => inner.poll(cx),
+            CallProj::Waiting { inner } => inner.poll(cx),
+        };
+        let response = match answered {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(response)) => response,
+            Poll::Ready(Err(never)) => match never {},
+        };
+        let Some(in_flight) = this.in_flight.take() else {
+            // Polled after it finished: hyper never does.
+            return Poll::Pending;
+        };
+        Poll::Ready(Ok(response.map(|body| Tracked::new(body, in_flight))))
     }
 }
 
@@ -482,7 +516,7 @@ mod tests {
     /// Serves the server's end of a connection with `service` until it closes or `drain`
     /// has shut it down.
     fn spawn_serving<S, B>(
-        header_read_timeout: Duration,
+        idle_timeout: Duration,
         server: TcpStream,
         service: S,
         drain: Drain,
@@ -492,7 +526,7 @@ mod tests {
         B: ServableBody,
     {
         tokio::spawn(async move {
-            Protocols::new(header_read_timeout)
+            Protocols::new(idle_timeout)
                 .serve(server, Direct::new(service), &drain)
                 .await
                 .map_err(|e| e.to_string())
@@ -520,7 +554,7 @@ mod tests {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
         });
         let drain = Drain::default();
-        let serving = spawn_serving(HEADER_READ_TIMEOUT, server, service, drain.clone());
+        let serving = spawn_serving(IDLE_TIMEOUT, server, service, drain.clone());
         client.write_all(&H2_PREFACE[5..]).await.expect("write");
         // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
         client
@@ -535,10 +569,10 @@ mod tests {
         assert!(serving.await.is_ok());
     }
 
-    /// A client that starts a request head and stalls is cut off once the header-read
-    /// timeout has passed, after a first request served normally on the same connection.
+    /// A client that starts a request head and stalls is cut off once the idle timeout has
+    /// passed, after a first request served normally on the same connection.
     #[tokio::test]
-    async fn a_stalled_request_head_is_cut_off_after_the_header_read_timeout() {
+    async fn a_stalled_request_head_is_cut_off_after_the_idle_timeout() {
         let timeout = Duration::from_millis(1500);
         let (mut client, server) = connected().await;
         let service = tower::service_fn(|_req: Request<Incoming>| async {
@@ -581,6 +615,114 @@ mod tests {
             !String::from_utf8_lossy(&rest).contains(" 200 "),
             "the stalled head was not answered"
         );
+        assert!(serving.await.is_ok());
+    }
+
+    /// A request head trickled in a byte at a time, never finished, is cut off too: bytes
+    /// read do not count as activity, only requests.
+    #[tokio::test]
+    async fn a_request_head_trickled_in_byte_by_byte_is_cut_off() {
+        let timeout = Duration::from_millis(400);
+        let (mut client, server) = connected().await;
+        let service = tower::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        });
+        let serving = spawn_serving(timeout, server, service, Drain::default());
+        let began = tokio::time::Instant::now();
+        let trickle = async {
+            let (mut read, mut write) = client.split();
+            let mut answer = Vec::new();
+            let reading = read.read_to_end(&mut answer);
+            tokio::pin!(reading);
+            // An endless header line, one byte every tenth of the timeout.
+            let head = b"GET / HTTP/1.1\r\nx-slow: "
+                .iter()
+                .chain(std::iter::repeat(&b'a'));
+            for byte in head {
+                tokio::select! {
+                    read = &mut reading => return (read, answer),
+                    () = tokio::time::sleep(timeout / 10) => {
+                        if write.write_all(&[*byte]).await.is_err() {
+                            return ((&mut reading).await, answer);
+                        }
+                    }
+                }
+            }
+            unreachable!("the head never ends");
+        };
+        let (read, answer) = tokio::time::timeout(timeout * 10, trickle)
+            .await
+            .expect("the server closed the connection");
+        let waited = began.elapsed();
+        assert!(read.is_ok() || answer.is_empty(), "{read:?}");
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+        assert!(waited >= timeout, "closed after {waited:?}");
+        assert!(serving.await.is_ok());
+    }
+
+    /// A request is not taken for an idle connection while it waits longer than the idle
+    /// timeout for its response, nor while that response pauses for longer: the answer
+    /// ends whole, and the connection then serves another request.
+    #[tokio::test]
+    async fn a_slow_answer_streaming_past_the_idle_timeout_keeps_its_connection() {
+        /// `FRAMES` frames of one byte, `gap` apart.
+        struct Drip {
+            sent: u8,
+            gap: Duration,
+            next: Pin<Box<tokio::time::Sleep>>,
+        }
+        const FRAMES: u8 = 3;
+
+        impl http_body::Body for Drip {
+            type Data = Bytes;
+            type Error = Infallible;
+
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+                if self.sent == FRAMES {
+                    return Poll::Ready(None);
+                }
+                std::task::ready!(self.next.as_mut().poll(cx));
+                let at = tokio::time::Instant::now() + self.gap;
+                self.next.as_mut().reset(at);
+                self.sent += 1;
+                Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"x")))))
+            }
+        }
+
+        let timeout = Duration::from_millis(300);
+        let (mut client, server) = connected().await;
+        let service = tower::service_fn(move |_req: Request<Incoming>| async move {
+            // Twice the idle timeout before the head, and twice between frames.
+            tokio::time::sleep(timeout * 2).await;
+            Ok::<_, Infallible>(Response::new(Drip {
+                sent: 0,
+                gap: timeout * 2,
+                next: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            }))
+        });
+        let serving = spawn_serving(timeout, server, service, Drain::default());
+        for round in 0..2 {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .expect("write");
+            let mut answer = Vec::new();
+            let mut chunk = [0u8; 256];
+            // A chunked body ends with an empty chunk.
+            while !answer.ends_with(b"0\r\n\r\n") {
+                let n = client.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "round {round}: closed before the answer ended");
+                answer.extend_from_slice(&chunk[..n]);
+            }
+            let text = String::from_utf8_lossy(&answer).into_owned();
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            assert!(!text.contains("connection: close"), "{text}");
+            assert_eq!(text.matches("1\r\nx\r\n").count(), 3, "{text}");
+        }
+        drop(client);
         assert!(serving.await.is_ok());
     }
 
@@ -629,7 +771,7 @@ mod tests {
             polled: polled.clone(),
             ready: false,
         };
-        let serving = spawn_serving(HEADER_READ_TIMEOUT, server, service, drain.clone());
+        let serving = spawn_serving(IDLE_TIMEOUT, server, service, drain.clone());
         client
             .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .await
