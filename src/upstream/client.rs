@@ -52,17 +52,23 @@ impl UpstreamClient {
     /// Sends `req`, whose URI is the absolute URL of an endpoint of this upstream. The
     /// response body hands a pooled connection back when it ends cleanly. The request is
     /// handed to the pool or client before this returns; the future owns the rest.
+    /// The request's `Host` header, if any, is the client's: both paths replace it.
     pub fn request(
         &self,
-        req: Request<Full<Bytes>>,
+        mut req: Request<Full<Bytes>>,
     ) -> impl Future<Output = Result<Response<UpstreamIncoming>, ClientError>> + Send + use<> {
         match self {
+            // The pool sets `Host` itself (an insert, replacing the client's in place).
             Self::Http1(pool) => Sent::Pool {
                 fut: pool.request(req),
             },
-            Self::Legacy(client) => Sent::Legacy {
-                fut: client.request(req),
-            },
+            // hyper-util's client sets `Host` from the URI only when there is none.
+            Self::Legacy(client) => {
+                req.headers_mut().remove(http::header::HOST);
+                Sent::Legacy {
+                    fut: client.request(req),
+                }
+            }
         }
     }
 }

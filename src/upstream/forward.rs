@@ -66,8 +66,12 @@ fn forward(req: Request<ReadyChat>) -> Forwarding<impl Future<Output = ClientAns
 
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    // The client's `Host` is replaced by the upstream's in `UpstreamClient::request`.
+    // An unedited body is the one the client's Content-Length announced (hyper read
+    // exactly that many bytes): the header stays as it came, with no new value to build.
+    if !chat.edits.is_empty() || !headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
     if let Some(auth) = &upstream.authorization {
         headers.insert(header::AUTHORIZATION, auth.clone());
     }
@@ -190,7 +194,10 @@ fn answer(
 
     let (mut head, incoming) = res.into_parts();
     strip_hop_by_hop(&mut head.headers);
-    if let Some(theirs) = head.headers.remove(&X_REQUEST_ID) {
+    // Copied, not removed: `RequestId` (outermost) overwrites `x-request-id` with ours in
+    // place on the way out, cheaper than a removal from the map.
+    if let Some(theirs) = head.headers.get(&X_REQUEST_ID) {
+        let theirs = theirs.clone();
         head.headers.insert(X_UPSTREAM_REQUEST_ID.clone(), theirs);
     }
     let sse = is_uncompressed_unsized_sse(&head.headers);
