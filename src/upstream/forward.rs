@@ -94,11 +94,16 @@ fn forward(req: Request<ReadyChat>) -> Forwarding<impl Future<Output = ClientAns
     let ctx = parts.extensions.get::<Arc<RequestContext>>().cloned();
     // Admission's in-flight slots: held by the response body until it ends.
     let in_flight = parts.extensions.remove::<InFlight>();
+    // One clock reading for the mark and the deadline.
+    let now = tokio::time::Instant::now();
     if let Some(ctx) = &ctx {
-        ctx.mark(&ctx.upstream_sent);
+        ctx.mark_at(&ctx.upstream_sent, now.into_std());
     }
     Forwarding::Sending {
-        sent: tokio::time::timeout(upstream.first_byte_timeout, upstream.client.request(out)),
+        sent: tokio::time::timeout_at(
+            now + upstream.first_byte_timeout,
+            upstream.client.request(out),
+        ),
         route: Some(route),
         ctx,
         in_flight,
