@@ -3,6 +3,7 @@
 //! happened, how the upstream failed) that the telemetry layer turns into the log line and
 //! the metrics when the response ends. Nothing else flows back up the stack.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -29,11 +30,11 @@ pub struct RequestContext {
     /// metrics label) and so the upstream it goes to.
     pub route: OnceLock<Local<ModelRoute>>,
     /// When the body was fully read.
-    pub body_read: OnceLock<Duration>,
+    pub body_read: Mark,
     /// When the request was handed to the upstream client.
-    pub upstream_sent: OnceLock<Duration>,
+    pub upstream_sent: Mark,
     /// When the upstream's response headers arrived.
-    pub upstream_headers: OnceLock<Duration>,
+    pub upstream_headers: Mark,
     /// How the upstream exchange failed, if it did.
     pub upstream_error: OnceLock<UpstreamErrorKind>,
     /// What the image step did, for requests with images.
@@ -85,9 +86,9 @@ impl RequestContext {
             started: Instant::now(),
             model: OnceLock::new(),
             route: OnceLock::new(),
-            body_read: OnceLock::new(),
-            upstream_sent: OnceLock::new(),
-            upstream_headers: OnceLock::new(),
+            body_read: Mark::default(),
+            upstream_sent: Mark::default(),
+            upstream_headers: Mark::default(),
             upstream_error: OnceLock::new(),
             images: OnceLock::new(),
             prompt_tokens: OnceLock::new(),
@@ -121,12 +122,56 @@ impl RequestContext {
     }
 
     /// Records that a step happened now.
-    pub fn mark(&self, step: &OnceLock<Duration>) {
+    pub fn mark(&self, step: &Mark) {
         self.mark_at(step, Instant::now());
     }
 
     /// Records that a step happened at `when` (a clock reading the caller already has).
-    pub fn mark_at(&self, step: &OnceLock<Duration>, when: Instant) {
-        let _ = step.set(when.saturating_duration_since(self.started));
+    pub fn mark_at(&self, step: &Mark, when: Instant) {
+        step.set(when.saturating_duration_since(self.started));
+    }
+}
+
+/// When a step happened, counted from the request's start; the first record stands.
+/// An atomic rather than a `OnceLock<Duration>`: a record is one compare-and-swap, not a
+/// `Once` call, on a path every request takes three times.
+#[derive(Debug, Default)]
+pub struct Mark(
+    /// Nanoseconds plus one; 0 while unrecorded.
+    AtomicU64,
+);
+
+impl Mark {
+    fn set(&self, at: Duration) {
+        let nanos = u64::try_from(at.as_nanos()).map_or(u64::MAX, |n| n.saturating_add(1));
+        let _ = self
+            .0
+            .compare_exchange(0, nanos, Ordering::Release, Ordering::Relaxed);
+    }
+
+    /// The recorded time, if the step happened.
+    pub fn get(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(Duration::from_nanos(n - 1)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_is_unset_until_recorded_and_its_first_record_stands() {
+        let mark = Mark::default();
+        assert_eq!(mark.get(), None);
+        mark.set(Duration::ZERO);
+        assert_eq!(mark.get(), Some(Duration::ZERO));
+        mark.set(Duration::from_millis(5));
+        assert_eq!(mark.get(), Some(Duration::ZERO));
+        let later = Mark::default();
+        later.set(Duration::from_micros(1_234_567));
+        assert_eq!(later.get(), Some(Duration::from_micros(1_234_567)));
     }
 }

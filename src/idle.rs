@@ -1,7 +1,10 @@
 //! Closes HTTP/1.1 connections that sit idle: a connection with no request in flight (an
 //! idle keep-alive connection, or one whose client began a request head and stalled, or
 //! trickles it in a byte at a time) is closed once it has been idle for the limit. A request
-//! in flight is never touched, however long it waits for its answer or its answer streams.
+//! is in flight from hyper's call of the service until hyper has taken the last frame of its
+//! response body, however long it waits for its answer or its answer pauses. (Bytes hyper
+//! still holds then wait on the client to read them: a client that reads nothing for the
+//! whole limit is cut, as with hyper's own timer.)
 //!
 //! Why not hyper's `header_read_timeout`: it allocates a timer, registers it with the
 //! runtime's wheel and cancels it again for every request, and makes hyper poll the socket
@@ -49,7 +52,8 @@ const HOLDERS: usize = 2;
 
 impl Activity {
     /// A request has started; the returned token travels with it, then with its response
-    /// body ([`Tracked`]), and the request counts as in flight until the token is dropped.
+    /// body ([`Tracked`]), and the request counts as in flight until the token is dropped
+    /// (hyper drops the body once it has taken its last frame).
     pub fn start(self: &Arc<Self>) -> InFlight {
         // A load and a store, not an atomic add: one task writes, the guard only reads.
         let n = self.started.load(Ordering::Relaxed);
@@ -151,8 +155,26 @@ impl<C: Idle> Future for IdleGuard<C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let mut this = self.project();
-        // `is_elapsed` reads one atomic: a poll between ticks costs no more than that and
-        // the waker comparison.
+        if !this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            // Armed anew, or polled by a new task: the timer must wake this one. A task out
+            // of its tokio budget gets `Pending` without the waker being stored (and is
+            // woken to try again), so only a poll with budget left counts as registered.
+            let had_budget = tokio::task::coop::has_budget_remaining();
+            // Due already or not, the tick is judged below.
+            let _ = this.tick.as_mut().poll(cx);
+            *this.registered = had_budget.then(|| cx.waker().clone());
+        }
+        // The connection first: a request whose head is already in the socket starts now,
+        // and is counted before the tick is judged.
+        if let Poll::Ready(out) = this.conn.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        // `is_elapsed` reads one atomic: this is all a poll between ticks costs, with the
+        // waker comparison above.
         if this.tick.is_elapsed() {
             let started = this.activity.started();
             if started != *this.seen || this.activity.busy() {
@@ -165,21 +187,11 @@ impl<C: Idle> Future for IdleGuard<C> {
                 return Poll::Ready(C::closed_idle());
             }
             this.tick.as_mut().reset(Instant::now() + *this.every);
+            // Polled again at once, to register the re-armed timer with a fresh budget.
             *this.registered = None;
+            cx.waker().wake_by_ref();
         }
-        if !this
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            // Armed anew, or polled by a new task: the timer must wake this one.
-            if this.tick.as_mut().poll(cx).is_ready() {
-                // Already due (a limit of zero): the next poll counts the tick.
-                cx.waker().wake_by_ref();
-            }
-            *this.registered = Some(cx.waker().clone());
-        }
-        this.conn.poll(cx)
+        Poll::Pending
     }
 }
 
@@ -229,7 +241,11 @@ mod tests {
 
     /// How long the connection was idle before `task` closed it, from `since`.
     async fn idle_for(task: tokio::task::JoinHandle<Instant>, since: Instant) -> Duration {
-        task.await.expect("guard task") - since
+        let closed = tokio::time::timeout(LIMIT * 10, task)
+            .await
+            .expect("the guard did not close the connection")
+            .expect("guard task");
+        closed - since
     }
 
     #[tokio::test(start_paused = true)]

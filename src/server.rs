@@ -285,8 +285,9 @@ where
 /// (prior knowledge) opens.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// How long a connection may sit idle, between requests or in the middle of a request's
-/// headers, before it is closed; also how long it may take to send its first bytes.
+/// How long an HTTP/1.1 connection may sit idle, between requests or in the middle of a
+/// request's headers, before it is closed (`idle.rs`: after 30 to 45 s); also how long any
+/// connection may take to send its first bytes.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How connections are served, by protocol.
@@ -296,19 +297,22 @@ struct Protocols {
     /// For a connection whose first bytes are a strict prefix of the preface: reads until
     /// it can tell, then replays what it read.
     auto: auto::Builder<TokioExecutor>,
-    /// How long an HTTP/1.1 connection may sit idle (`idle.rs`), and how long any may
-    /// take to send its first bytes.
+    /// How long an HTTP/1.1 connection may sit idle (`idle.rs`; hyper's header-read timeout
+    /// on the auto-detecting path), and how long any may take to send its first bytes.
     idle_timeout: Duration,
 }
 
 impl Protocols {
     fn new(idle_timeout: Duration) -> Self {
         // The same settings on both paths to each protocol.
-        // No `header_read_timeout`: the idle guard (`idle.rs`) closes a stalled head, at a
-        // fraction of the cost per request.
+        // Plain HTTP/1.1 has no `header_read_timeout`: the idle guard (`idle.rs`) closes a
+        // stalled head, at a fraction of the cost per request. The auto-detecting builder
+        // keeps hyper's timer: what it serves may turn out to be HTTP/2, which the guard
+        // must not cut (it would drop the connection without a GOAWAY), and it serves only
+        // a client whose preface arrived in pieces.
         macro_rules! http1 {
             ($b:expr) => {
-                $b.timer(TokioTimer::new()).header_read_timeout(None)
+                $b.timer(TokioTimer::new())
             };
         }
         macro_rules! http2 {
@@ -321,11 +325,11 @@ impl Protocols {
             };
         }
         let mut h1 = http1::Builder::new();
-        http1!(h1);
+        http1!(h1).header_read_timeout(None);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         http2!(h2);
         let mut auto = auto::Builder::new(TokioExecutor::new());
-        http1!(auto.http1());
+        http1!(auto.http1()).header_read_timeout(idle_timeout);
         http2!(auto.http2());
         Self {
             http1: h1,
@@ -374,8 +378,7 @@ impl Protocols {
                 .watch(self.http2.serve_connection(io, service))
                 .await?)
         } else {
-            let conn = drain.watch(self.auto.serve_connection(io, service));
-            IdleGuard::new(conn, activity, self.idle_timeout).await
+            drain.watch(self.auto.serve_connection(io, service)).await
         }
     }
 }
@@ -607,7 +610,7 @@ mod tests {
             client.read_to_end(&mut rest),
         )
         .await
-        .expect("the server closed the connection")
+        .expect("the server did not close the connection in time")
         .expect("read");
         let waited = stalled.elapsed();
         assert!(waited >= timeout, "closed after {waited:?}");
@@ -652,9 +655,9 @@ mod tests {
         };
         let (read, answer) = tokio::time::timeout(timeout * 10, trickle)
             .await
-            .expect("the server closed the connection");
+            .expect("the server did not close the connection in time");
         let waited = began.elapsed();
-        assert!(read.is_ok() || answer.is_empty(), "{read:?}");
+        assert!(read.is_ok(), "{read:?}");
         assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
         assert!(waited >= timeout, "closed after {waited:?}");
         assert!(serving.await.is_ok());

@@ -254,7 +254,7 @@ fn record_metrics(m: &Metrics, r: &Record) {
         let sent = c.upstream_sent.get();
         let headers = sent
             .zip(c.upstream_headers.get())
-            .map(|(sent, headers)| headers.saturating_sub(*sent));
+            .map(|(sent, headers)| headers.saturating_sub(sent));
         Some(UpstreamTimes {
             name: c.upstream_name()?,
             headers,
@@ -268,7 +268,7 @@ fn record_metrics(m: &Metrics, r: &Record) {
         duration: ctx.map_or(Duration::ZERO, |c| c.started.elapsed()),
         overhead: ctx.and_then(|c| {
             let (read, sent) = (c.body_read.get()?, c.upstream_sent.get()?);
-            Some(sent.saturating_sub(*read))
+            Some(sent.saturating_sub(read))
         }),
         upstream,
     });
@@ -344,7 +344,7 @@ fn log_line(r: &Record, complete: bool) {
         status = r.status.as_u16(),
         bytes = r.bytes,
         total_ms = ctx.map_or(0.0, |c| c.started.elapsed().as_secs_f64() * 1e3),
-        upstream_headers_ms = ms(ctx.and_then(|c| c.upstream_headers.get())),
+        upstream_headers_ms = ms(ctx.and_then(|c| c.upstream_headers.get()).as_ref()),
         first_byte_ms = ms(r.first_byte.as_ref()),
         upstream_error = ctx.and_then(|c| c.upstream_error.get()).map(|k| k.as_str()),
         images = images.map(|i| i.total()),

@@ -2,8 +2,10 @@
 //! answer back.
 //!
 //! Request: the body is the client's bytes with only the planned edits spliced in; headers
-//! minus hop-by-hop, `host` and `content-length`; `authorization` replaced by the upstream's
-//! key when it has one, so the client's key never leaves. Response: status and headers minus
+//! minus hop-by-hop, with `host` the upstream's (set by the client, `UpstreamClient`) and
+//! `content-length` the length sent (the client's own when the body is unedited);
+//! `authorization` replaced by the upstream's key when it has one, so the client's key
+//! never leaves. Response: status and headers minus
 //! hop-by-hop, body frames passed through as they arrive ([`UpstreamBody`]).
 //! Failures: connect errors → 502 `upstream_unavailable`, no headers within
 //! `first_byte_timeout` → 504 `upstream_timeout`; upstream 4xx/5xx are passed through as is.
