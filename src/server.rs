@@ -536,6 +536,23 @@ mod tests {
         })
     }
 
+    /// Sends `GET /` on `client` and reads the answer until it ends with `end` (it may come
+    /// in more than one read); panics if the connection closes first.
+    async fn get(client: &mut TcpStream, end: &[u8]) -> String {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 256];
+        while !answer.ends_with(end) {
+            let n = client.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed before the answer ended");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
     /// A client socket and the server's end of its connection, on loopback.
     async fn connected() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -583,19 +600,7 @@ mod tests {
         });
         let drain = Drain::default();
         let serving = spawn_serving(timeout, server, service, drain);
-        client
-            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .expect("write");
-        // Read until the body has arrived (the answer may come in more than one read).
-        let mut answer = Vec::new();
-        let mut chunk = [0u8; 256];
-        while !answer.ends_with(b"ok") {
-            let n = client.read(&mut chunk).await.expect("read");
-            assert!(n > 0, "closed before answering");
-            answer.extend_from_slice(&chunk[..n]);
-        }
-        let first = String::from_utf8_lossy(&answer).into_owned();
+        let first = get(&mut client, b"ok").await;
         assert!(first.starts_with("HTTP/1.1 200"), "{first}");
         assert!(first.ends_with("ok"), "{first}");
 
@@ -707,20 +712,9 @@ mod tests {
             }))
         });
         let serving = spawn_serving(timeout, server, service, Drain::default());
-        for round in 0..2 {
-            client
-                .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-                .await
-                .expect("write");
-            let mut answer = Vec::new();
-            let mut chunk = [0u8; 256];
+        for _round in 0..2 {
             // A chunked body ends with an empty chunk.
-            while !answer.ends_with(b"0\r\n\r\n") {
-                let n = client.read(&mut chunk).await.expect("read");
-                assert!(n > 0, "round {round}: closed before the answer ended");
-                answer.extend_from_slice(&chunk[..n]);
-            }
-            let text = String::from_utf8_lossy(&answer).into_owned();
+            let text = get(&mut client, b"0\r\n\r\n").await;
             assert!(text.starts_with("HTTP/1.1 200"), "{text}");
             assert!(!text.contains("connection: close"), "{text}");
             assert_eq!(text.matches("1\r\nx\r\n").count(), 3, "{text}");
