@@ -73,7 +73,9 @@ impl Activity {
 
 /// A request in flight.
 #[derive(Debug)]
-pub struct InFlight(#[allow(dead_code)] Arc<Activity>);
+pub struct InFlight(
+    #[expect(dead_code, reason = "held for the reference it counts, never read")] Arc<Activity>,
+);
 
 pin_project! {
     /// A response body that keeps its request in flight until the body is dropped.
