@@ -553,6 +553,13 @@ mod tests {
         String::from_utf8_lossy(&answer).into_owned()
     }
 
+    /// A service that answers every request with 200 and the body `ok`.
+    fn answers_ok() -> impl Servable<Full<Bytes>> {
+        tower::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        })
+    }
+
     /// A client socket and the server's end of its connection, on loopback.
     async fn connected() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -595,9 +602,7 @@ mod tests {
     async fn a_stalled_request_head_is_cut_off_after_the_idle_timeout() {
         let timeout = Duration::from_millis(1500);
         let (mut client, server) = connected().await;
-        let service = tower::service_fn(|_req: Request<Incoming>| async {
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-        });
+        let service = answers_ok();
         let drain = Drain::default();
         let serving = spawn_serving(timeout, server, service, drain);
         let first = get(&mut client, b"ok").await;
@@ -632,9 +637,7 @@ mod tests {
     async fn a_request_head_trickled_in_byte_by_byte_is_cut_off() {
         let timeout = Duration::from_millis(400);
         let (mut client, server) = connected().await;
-        let service = tower::service_fn(|_req: Request<Incoming>| async {
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-        });
+        let service = answers_ok();
         let serving = spawn_serving(timeout, server, service, Drain::default());
         let began = tokio::time::Instant::now();
         let trickle = async {

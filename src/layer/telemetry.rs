@@ -328,7 +328,7 @@ fn record_metrics(m: &Metrics, r: &Record) {
 }
 
 fn log_line(r: &Record, complete: bool) {
-    let ms = |d: Option<&Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
     let ctx = r.ctx.as_deref();
     let id = ctx
         .map(|c| String::from_utf8_lossy(c.id.as_bytes()).into_owned())
@@ -344,13 +344,13 @@ fn log_line(r: &Record, complete: bool) {
         status = r.status.as_u16(),
         bytes = r.bytes,
         total_ms = ctx.map_or(0.0, |c| c.started.elapsed().as_secs_f64() * 1e3),
-        upstream_headers_ms = ms(ctx.and_then(|c| c.upstream_headers.get()).as_ref()),
-        first_byte_ms = ms(r.first_byte.as_ref()),
+        upstream_headers_ms = ms(ctx.and_then(|c| c.upstream_headers.get())),
+        first_byte_ms = ms(r.first_byte),
         upstream_error = ctx.and_then(|c| c.upstream_error.get()).map(|k| k.as_str()),
         images = images.map(|i| i.total()),
         images_processed = images.map(|i| i.processed),
         images_cached = images.map(|i| i.cached),
-        image_ms = ms(images.map(|i| &i.took)),
+        image_ms = ms(images.map(|i| i.took)),
         prompt_tokens = ctx.and_then(|c| c.prompt_tokens.get()),
         complete,
         "request"
