@@ -101,8 +101,10 @@ async fn proxy(client: &UpstreamClient, origin: &str, req: Request<Incoming>) ->
     };
     parts.uri = uri;
     strip_hop_by_hop(&mut parts.headers);
+    // The gateway's default first-byte timeout, kept by the pool's connections.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     match client
-        .request(Request::from_parts(parts, Full::new(body)))
+        .request(Request::from_parts(parts, Full::new(body)), deadline)
         .await
     {
         Ok(res) => res.map(Either::Left),

@@ -98,11 +98,10 @@ async fn probe(u: Arc<Upstream>, interval: Duration) {
         let Ok(req) = req.body(Full::new(Bytes::new())) else {
             continue;
         };
-        match tokio::time::timeout(u.first_byte_timeout.min(interval), u.client.request(req)).await
-        {
-            Ok(Ok(_)) => u.last_answer.now(),
-            Ok(Err(e)) => tracing::debug!(upstream = %u.name, error = %e, "readiness probe failed"),
-            Err(_) => tracing::debug!(upstream = %u.name, "readiness probe timed out"),
+        let deadline = tokio::time::Instant::now() + u.first_byte_timeout.min(interval);
+        match u.client.request(req, deadline).await {
+            Ok(_) => u.last_answer.now(),
+            Err(e) => tracing::debug!(upstream = %u.name, error = %e, "readiness probe failed"),
         }
     }
 }

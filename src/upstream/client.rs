@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Timeout};
 
 use super::HttpClient;
 use super::pool::{Http1Pool, PoolError, PoolGuard};
@@ -30,43 +31,59 @@ pub enum UpstreamClient {
 /// Why an upstream request failed before a response head arrived.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// No response head by the request's deadline.
+    #[error("no response head by the deadline")]
+    TimedOut,
+    /// The pool failed otherwise (never [`PoolError::TimedOut`]: that is `TimedOut`).
     #[error(transparent)]
-    Pool(#[from] PoolError),
+    Pool(PoolError),
     #[error(transparent)]
     Legacy(#[from] hyper_util::client::legacy::Error),
 }
 
+impl From<PoolError> for ClientError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::TimedOut => Self::TimedOut,
+            e => Self::Pool(e),
+        }
+    }
+}
+
 impl ClientError {
     /// Whether no connection could be made (502 `connect`), as opposed to a failure on an
-    /// established one (502 `reset`).
+    /// established one (502 `reset`) or a timeout (504).
     pub fn is_connect(&self) -> bool {
         match self {
             Self::Pool(PoolError::Connect(_)) => true,
-            Self::Pool(PoolError::Request(_)) => false,
+            Self::Pool(PoolError::Request(_) | PoolError::TimedOut) | Self::TimedOut => false,
             Self::Legacy(e) => e.is_connect(),
         }
     }
 }
 
 impl UpstreamClient {
-    /// Sends `req`, whose URI is the absolute URL of an endpoint of this upstream. The
+    /// Sends `req`, whose URI is the absolute URL of an endpoint of this upstream, and fails
+    /// with [`ClientError::TimedOut`] if no response head has arrived by `deadline`. The
     /// response body hands a pooled connection back when it ends cleanly. The request is
     /// handed to the pool or client before this returns; the future owns the rest.
     /// The request's `Host` header, if any, is the client's: both paths replace it.
     pub fn request(
         &self,
         mut req: Request<Full<Bytes>>,
+        deadline: Instant,
     ) -> impl Future<Output = Result<Response<UpstreamIncoming>, ClientError>> + Send + use<> {
         match self {
-            // The pool sets `Host` itself (an insert, replacing the client's in place).
+            // The pool sets `Host` itself (an insert, replacing the client's in place), and
+            // its connections keep the deadline (`first_byte.rs`).
             Self::Http1(pool) => Sent::Pool {
-                fut: pool.request(req),
+                fut: pool.request(req, deadline),
             },
             // hyper-util's client sets `Host` from the URI only when there is none.
             Self::Legacy(client) => {
                 req.headers_mut().remove(http::header::HOST);
                 Sent::Legacy {
-                    fut: client.request(req),
+                    fut: tokio::time::timeout_at(deadline, client.request(req)),
                 }
             }
         }
@@ -78,7 +95,7 @@ pin_project! {
     #[project = SentProj]
     enum Sent<P, L> {
         Pool { #[pin] fut: P },
-        Legacy { #[pin] fut: L },
+        Legacy { #[pin] fut: Timeout<L> },
     }
 }
 
@@ -94,9 +111,12 @@ where
             SentProj::Pool { fut } => ready!(fut.poll(cx))
                 .map(|(res, guard)| res.map(|body| UpstreamIncoming::new(body, Some(guard))))
                 .map_err(ClientError::from),
-            SentProj::Legacy { fut } => ready!(fut.poll(cx))
-                .map(|res| res.map(|body| UpstreamIncoming::new(body, None)))
-                .map_err(ClientError::from),
+            SentProj::Legacy { fut } => match ready!(fut.poll(cx)) {
+                Ok(sent) => sent
+                    .map(|res| res.map(|body| UpstreamIncoming::new(body, None)))
+                    .map_err(ClientError::from),
+                Err(_elapsed) => Err(ClientError::TimedOut),
+            },
         })
     }
 }

@@ -20,8 +20,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
-use tokio::time::Timeout;
-use tokio::time::error::Elapsed;
 
 use crate::body::{ResponseBody, UpstreamBody};
 use crate::chat::ReadyChat;
@@ -102,10 +100,9 @@ fn forward(req: Request<ReadyChat>) -> Forwarding<impl Future<Output = ClientAns
         ctx.mark_at(&ctx.upstream_sent, now.into_std());
     }
     Forwarding::Sending {
-        sent: tokio::time::timeout_at(
-            now + upstream.first_byte_timeout,
-            upstream.client.request(out),
-        ),
+        sent: upstream
+            .client
+            .request(out, now + upstream.first_byte_timeout),
         route: Some(route),
         ctx,
         in_flight,
@@ -123,7 +120,7 @@ pin_project! {
         Refused { error: Option<GatewayError> },
         Sending {
             #[pin]
-            sent: Timeout<F>,
+            sent: F,
             route: Option<Local<ModelRoute>>,
             ctx: Option<Arc<RequestContext>>,
             in_flight: Option<InFlight>,
@@ -159,7 +156,7 @@ impl<F: Future<Output = ClientAnswer>> Future for Forwarding<F> {
 
 /// The client's response (or failure) to the response this gateway sends.
 fn answer(
-    sent: Result<ClientAnswer, Elapsed>,
+    sent: ClientAnswer,
     route: Local<ModelRoute>,
     ctx: Option<Arc<RequestContext>>,
     in_flight: Option<InFlight>,
@@ -171,14 +168,14 @@ fn answer(
         }
     };
     let res = match sent {
-        Err(_elapsed) => {
+        Err(ClientError::TimedOut) => {
             failed(UpstreamErrorKind::Timeout);
             return Err(GatewayError::UpstreamTimeout {
                 upstream: upstream.name.clone(),
                 after: upstream.first_byte_timeout,
             });
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             let (reason, kind) = if e.is_connect() {
                 (UpstreamFailure::Connect, UpstreamErrorKind::Connect)
             } else {
@@ -191,7 +188,7 @@ fn answer(
                 reason,
             });
         }
-        Ok(Ok(res)) => res,
+        Ok(res) => res,
     };
     let now = Instant::now();
     upstream.last_answer.at(now);

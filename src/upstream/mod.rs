@@ -6,6 +6,7 @@
 //! rewrite response bodies: frames go back to the client as they arrive.
 
 pub mod client;
+pub mod first_byte;
 pub mod forward;
 pub mod pool;
 

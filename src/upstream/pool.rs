@@ -12,6 +12,9 @@
 //! The idle stacks are per worker thread (`server::worker_index`): a connection's task runs
 //! on the thread that opened it, and a request reuses only connections of its own thread,
 //! so no exchange wakes another core.
+//!
+//! The first-byte deadline is kept by each connection's task ([`super::first_byte`]), not by
+//! a timer per request; a request it cuts fails with [`PoolError::TimedOut`].
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -23,9 +26,12 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+use super::first_byte::{FirstByte, Watched};
 
 /// Idle connections kept per upstream; more than this many concurrent requests is rare, and
 /// the extra connections are closed when their responses end.
@@ -47,6 +53,9 @@ pub enum PoolError {
     /// The request or the response head failed on an established connection.
     #[error("{0}")]
     Request(hyper::Error),
+    /// No response head by the request's deadline (the connection was closed).
+    #[error("no response head by the deadline")]
+    TimedOut,
 }
 
 /// The idle connections of one upstream, and how to make new ones.
@@ -65,8 +74,55 @@ pub struct Http1Pool {
 
 #[derive(Debug)]
 struct Idle {
-    sender: SendRequest<Full<Bytes>>,
+    conn: Conn,
     since: Instant,
+}
+
+/// One connection's request side: its sender and the deadline its task watches.
+#[derive(Debug)]
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    first_byte: Arc<FirstByte>,
+}
+
+/// Why sending on one connection failed.
+enum SendError {
+    /// hyper gave the request back unsent: it may go out on another connection (boxed:
+    /// the rare path).
+    Unsent(Box<Request<Full<Bytes>>>, hyper::Error),
+    Failed(PoolError),
+}
+
+impl Conn {
+    /// Hands `req` to the connection, whose response head is due by `deadline` (the
+    /// connection's task closes the connection if it is not). Awaited in the caller's
+    /// future, not in an `async fn` of its own: that would hold the request in a second
+    /// state machine, moved on every request.
+    fn send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+        deadline: tokio::time::Instant,
+    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<Full<Bytes>>>>> + use<>
+    {
+        self.first_byte.start(deadline);
+        self.sender.try_send_request(req)
+    }
+
+    /// What became of a request [`Self::send`] handed over.
+    fn settle(
+        &self,
+        sent: Result<Response<Incoming>, TrySendError<Request<Full<Bytes>>>>,
+    ) -> Result<Response<Incoming>, SendError> {
+        self.first_byte.finish();
+        // A head that raced the deadline is dropped too: the task is closing the connection.
+        if self.first_byte.expired() {
+            return Err(SendError::Failed(PoolError::TimedOut));
+        }
+        sent.map_err(|mut e| match e.take_message() {
+            Some(req) => SendError::Unsent(Box::new(req), e.into_error()),
+            None => SendError::Failed(PoolError::Request(e.into_error())),
+        })
+    }
 }
 
 /// A checked-out connection. Dropping it closes the connection (hyper ends a connection
@@ -74,7 +130,7 @@ struct Idle {
 #[derive(Debug)]
 pub struct PoolGuard {
     pool: Arc<Http1Pool>,
-    sender: SendRequest<Full<Bytes>>,
+    conn: Conn,
     /// The idle stack of the thread that drives this connection.
     home: usize,
 }
@@ -83,8 +139,8 @@ impl PoolGuard {
     /// Returns the connection to its pool. Call only once the response body has been read to
     /// its end without error: then the connection is between messages and safe to reuse.
     pub fn release(self) {
-        let PoolGuard { pool, sender, home } = self;
-        if sender.is_closed() {
+        let PoolGuard { pool, conn, home } = self;
+        if conn.sender.is_closed() {
             return;
         }
         let Some(idle) = pool.idle.get(home) else {
@@ -95,7 +151,7 @@ impl PoolGuard {
             idle.pop_front();
         }
         idle.push_back(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
@@ -130,13 +186,15 @@ impl Http1Pool {
     }
 
     /// Sends `req` (absolute URI of this upstream) on a pooled or new connection, in
-    /// origin-form with `host` set. A request that fails on a reused connection before hyper
-    /// started writing it (the upstream closed the connection while it was idle) is retried
-    /// once on a new connection; one that may have reached the upstream is never resent.
-    /// The future owns what it needs (no borrow of the pool), so callers can hold it.
+    /// origin-form with `host` set, and fails with [`PoolError::TimedOut`] if its response
+    /// head has not arrived by `deadline`. A request that fails on a reused connection before
+    /// hyper started writing it (the upstream closed the connection while it was idle) is
+    /// retried once on a new connection; one that may have reached the upstream is never
+    /// resent. The future owns what it needs (no borrow of the pool), so callers can hold it.
     pub fn request(
         self: &Arc<Self>,
         mut req: Request<Full<Bytes>>,
+        deadline: tokio::time::Instant,
     ) -> impl Future<Output = Result<(Response<Incoming>, PoolGuard), PoolError>> + Send + use<>
     {
         let origin = match req.uri().path_and_query() {
@@ -147,36 +205,38 @@ impl Http1Pool {
         req.headers_mut().insert(header::HOST, self.host.clone());
         let pool = Arc::clone(self);
         async move {
-            let (mut sender, reused) = match pool.checkout().await {
-                Some(sender) => (sender, true),
+            let (mut conn, reused) = match pool.checkout().await {
+                Some(conn) => (conn, true),
                 // Boxed: connecting (TCP, handshake, timer) is the rare path, and unboxed its
                 // state would make every request's future, and each move of it, that much
                 // bigger.
-                None => (Box::pin(pool.connect()).await?, false),
+                None => (Box::pin(pool.connect_by(deadline)).await?, false),
             };
-            let req = match sender.try_send_request(req).await {
-                Ok(res) => return Ok((res, pool.guard(sender))),
-                Err(mut e) => match e.take_message() {
-                    Some(req) if reused => {
-                        tracing::debug!(error = %e.error(), "pooled upstream connection closed; retrying on a new one");
-                        req
-                    }
-                    _ => return Err(PoolError::Request(e.into_error())),
-                },
+            let sent = conn.send(req, deadline).await;
+            let req = match conn.settle(sent) {
+                Ok(res) => return Ok((res, pool.guard(conn))),
+                Err(SendError::Unsent(req, e)) if reused => {
+                    tracing::debug!(error = %e, "pooled upstream connection closed; retrying on a new one");
+                    req
+                }
+                Err(SendError::Unsent(_, e)) => return Err(PoolError::Request(e)),
+                Err(SendError::Failed(e)) => return Err(e),
             };
-            drop(sender);
-            let mut sender = Box::pin(pool.connect()).await?;
-            match sender.try_send_request(req).await {
-                Ok(res) => Ok((res, pool.guard(sender))),
-                Err(e) => Err(PoolError::Request(e.into_error())),
+            drop(conn);
+            let mut conn = Box::pin(pool.connect_by(deadline)).await?;
+            let sent = conn.send(*req, deadline).await;
+            match conn.settle(sent) {
+                Ok(res) => Ok((res, pool.guard(conn))),
+                Err(SendError::Unsent(_, e)) => Err(PoolError::Request(e)),
+                Err(SendError::Failed(e)) => Err(e),
             }
         }
     }
 
-    fn guard(self: &Arc<Self>, sender: SendRequest<Full<Bytes>>) -> PoolGuard {
+    fn guard(self: &Arc<Self>, conn: Conn) -> PoolGuard {
         PoolGuard {
             pool: Arc::clone(self),
-            sender,
+            conn,
             home: self.home(),
         }
     }
@@ -188,18 +248,18 @@ impl Http1Pool {
 
     /// The most recently used idle connection that is still open and ready, dropping expired
     /// and closed ones on the way.
-    async fn checkout(&self) -> Option<SendRequest<Full<Bytes>>> {
+    async fn checkout(&self) -> Option<Conn> {
         loop {
-            let mut sender = self.pop_idle()?;
+            let mut conn = self.pop_idle()?;
             // Ready at once when the connection task has finished the previous exchange (the
             // usual case); a closed connection answers with an error and is skipped.
-            if sender.ready().await.is_ok() {
-                return Some(sender);
+            if conn.sender.ready().await.is_ok() {
+                return Some(conn);
             }
         }
     }
 
-    fn pop_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+    fn pop_idle(&self) -> Option<Conn> {
         let mut idle = self
             .idle
             .get(self.home())?
@@ -213,17 +273,25 @@ impl Http1Pool {
             idle.pop_front();
         }
         while let Some(c) = idle.pop_back() {
-            if !c.sender.is_closed() {
-                return Some(c.sender);
+            if !c.conn.sender.is_closed() {
+                return Some(c.conn);
             }
         }
         None
     }
 
+    /// [`Self::connect`], failing with [`PoolError::TimedOut`] at `deadline`: the first-byte
+    /// deadline covers connecting too.
+    async fn connect_by(&self, deadline: tokio::time::Instant) -> Result<Conn, PoolError> {
+        tokio::time::timeout_at(deadline, self.connect())
+            .await
+            .unwrap_or(Err(PoolError::TimedOut))
+    }
+
     /// A new connection: TCP connect under the connect timeout, TCP_NODELAY and keep-alive,
     /// the HTTP/1.1 handshake, and its connection task spawned (it lives as long as the
-    /// connection).
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, PoolError> {
+    /// connection, or until a request's first-byte deadline passes).
+    async fn connect(&self) -> Result<Conn, PoolError> {
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.addr)).await
             {
@@ -245,12 +313,20 @@ impl Http1Pool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| PoolError::Connect(std::io::Error::other(e)))?;
+        let first_byte = Arc::new(FirstByte::new());
+        let watched = Watched::new(conn, Arc::clone(&first_byte));
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+            match watched.await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "upstream connection ended with an error")
+                }
+                None => tracing::debug!(
+                    "no response head by the first-byte deadline; upstream connection closed"
+                ),
             }
         });
-        Ok(sender)
+        Ok(Conn { sender, first_byte })
     }
 }
 
@@ -312,7 +388,7 @@ mod tests {
         let req = Request::get(uri.clone())
             .body(Full::new(Bytes::new()))
             .unwrap();
-        let (res, guard) = pool.request(req).await.unwrap();
+        let (res, guard) = pool.request(req, in_5s()).await.unwrap();
         let body = res.into_body().collect().await.unwrap().to_bytes();
         guard.release();
         body
@@ -351,9 +427,45 @@ mod tests {
         let pool = Arc::new(Http1Pool::new(&uri, Duration::from_secs(1)).unwrap());
         let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
         assert!(matches!(
-            pool.request(req).await,
+            pool.request(req, in_5s()).await,
             Err(PoolError::Connect(_))
         ));
+    }
+
+    fn in_5s() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn a_head_missing_at_the_deadline_is_a_timeout_and_the_connection_closes() {
+        // An upstream that reads requests and never answers; it reports each closed connection.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let closed_tx = closed_tx.clone();
+                tokio::spawn(async move {
+                    let mut chunk = [0u8; 1024];
+                    while s.read(&mut chunk).await.unwrap_or(0) > 0 {}
+                    let _ = closed_tx.send(());
+                });
+            }
+        });
+        let uri: Uri = format!("http://{addr}/v1/models").parse().unwrap();
+        let pool = Arc::new(Http1Pool::new(&uri, Duration::from_secs(1)).unwrap());
+        let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_millis(200);
+        let answer = tokio::time::timeout(Duration::from_secs(5), pool.request(req, deadline))
+            .await
+            .expect("the deadline ends the request");
+        assert!(matches!(answer, Err(PoolError::TimedOut)), "{answer:?}");
+        assert!(tokio::time::Instant::now() >= deadline);
+        tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("the upstream connection is closed");
     }
 
     #[test]

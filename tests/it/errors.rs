@@ -140,6 +140,60 @@ async fn no_upstream_headers_in_time_is_504() {
     );
 }
 
+/// The deadline is kept by the pooled upstream connection's task, not by a timer per request:
+/// a request on a reused connection is held to its own deadline, the connection it timed out
+/// on is closed, and the next request gets a fresh one.
+#[tokio::test]
+async fn a_request_on_a_reused_upstream_connection_times_out_and_the_next_one_is_answered() {
+    let mut up = StandIn::start(|rec| {
+        let mut s = Script::json(r#"{"ok":true}"#);
+        if rec.body.windows(4).any(|w| w == b"slow") {
+            s.delay_headers = Duration::from_secs(3);
+        }
+        s
+    })
+    .await;
+    let toml = config_for(up.addr, "", "").replace(
+        "first_byte_timeout_ms = 2000",
+        "first_byte_timeout_ms = 300",
+    );
+    let gw = Gateway::from_toml(&toml).await;
+    // One client connection, so every request is served by the same worker and its pool.
+    let stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let slow = r#"{"model":"pixtral-12b-2409","messages":[{"role":"user","content":"slow"}]}"#;
+    let mut statuses = Vec::new();
+    for body in [CHAT, slow, CHAT] {
+        let started = tokio::time::Instant::now();
+        let mut req = post("/v1/chat/completions", body, &[]);
+        req.headers_mut()
+            .insert(http::header::HOST, http::HeaderValue::from_static("gw"));
+        let res = tokio::time::timeout(EVENT_TIMEOUT, sender.send_request(req))
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        let status = res.status().as_u16();
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        if status == 504 {
+            assert!(started.elapsed() >= Duration::from_millis(300), "too early");
+            let e: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            assert_eq!(e["error"]["code"], "upstream_timeout", "{e}");
+            up.connection_closed().await;
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [200, 504, 200]);
+}
+
 #[tokio::test]
 async fn upstream_errors_pass_through_with_body_and_retry_after() {
     for (status, body) in [
