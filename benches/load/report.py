@@ -2,7 +2,8 @@
 """Turns the raw outputs of one run.sh run into the Markdown summary (stdout and --out).
 
 Reads from --work: wrk-<target>-c<C>.txt (wrk --latency output), ratio.txt (the interleaved
-throughput rounds: "ROUND TARGET REQ/S ERRORS" per line), ttfc.json, streams.json,
+throughput rounds: "ROUND TARGET REQ/S ERRORS" per line), p99.txt (the interleaved c=1
+latency rounds: "ROUND TARGET P99 ERRORS", P99 as wrk prints it), ttfc.json, streams.json,
 meta.json. Exit status 0 always, unless --fail-on-miss and a target was missed.
 """
 
@@ -68,6 +69,26 @@ def parse_ratio(path):
     return rounds, errs
 
 
+def parse_p99_rounds(path):
+    """The interleaved c=1 rounds: {round: {target: p99 ms}} and the gateway's error count."""
+    rounds, errs = {}, 0
+    try:
+        lines = open(path).read().split("\n")
+    except OSError:
+        return rounds, errs
+    for line in lines:
+        f = line.split()
+        if len(f) != 4:
+            continue
+        try:
+            rounds.setdefault(int(f[0]), {})[f[1]] = parse_time_ms(f[2])
+        except ValueError:
+            pass
+        if f[1] == "gateway":
+            errs += int(f[3])
+    return rounds, errs
+
+
 def median(xs):
     s = sorted(xs)
     n = len(s)
@@ -122,6 +143,10 @@ def main():
     ttfc = load_json(os.path.join(a.work, "ttfc.json")) or {}
     streams = load_json(os.path.join(a.work, "streams.json"))
     rounds, round_errs = parse_ratio(os.path.join(a.work, "ratio.txt"))
+    p99_rounds, p99_errs = parse_p99_rounds(os.path.join(a.work, "p99.txt"))
+    # Rounds in which both targets were measured, in round order.
+    p99_pairs = [(v["direct"], v["gateway"]) for _, v in sorted(p99_rounds.items())
+                 if "direct" in v and "gateway" in v]
 
     L = []
     L.append(f"# vision-gateway load benchmark ({meta.get('date', '?')})")
@@ -192,6 +217,24 @@ def main():
             L.append(f"| {t} | " + " | ".join(f1(x, 0) for x in v) + f" | {f1(median(v), 0) if v else 'n/a'} |")
         L.append("")
 
+    if p99_pairs:
+        n = len(p99_pairs)
+        L.append(f"## Added p99 latency at c={cl}: {n} interleaved rounds (p99, ms)")
+        L.append("")
+        L.append("direct and the gateway alternate, the order reversed every other round; the "
+                 "latency verdict reads the median of the per-round differences.")
+        L.append("")
+        L.append("| round | " + " | ".join(f"{i + 1}" for i in range(n)) + " | median |")
+        L.append("|---|" + "---:|" * (n + 1))
+        cols = {"direct": [d for d, _ in p99_pairs], "gateway": [g for _, g in p99_pairs],
+                "added": [g - d for d, g in p99_pairs]}
+        for t, label in (("direct", "direct"), ("gateway", "gateway"), ("added", "gateway − direct")):
+            v = cols[t]
+            sign = "+" if t == "added" else ""
+            L.append(f"| {label} | " + " | ".join(f"{x:{sign}.3f}" for x in v)
+                     + f" | {median(v):{sign}.3f} |")
+        L.append("")
+
     L.append(f"## Streaming: time to first chunk ({meta.get('ttfc_n', '?')} sequential requests per "
              "target, interleaved)")
     L.append("")
@@ -257,7 +300,17 @@ def main():
         judge(f"throughput at c={ch} ≥ 0.9× nginx", "n/a", "n/a", False, note="not measured")
 
     g1, d1 = wrk[("gateway", cl)], wrk[("direct", cl)]
-    if g1 and d1 and g1["p99"] is not None and d1["p99"] is not None:
+    if p99_pairs:
+        added = median([g - d for d, g in p99_pairs])
+        errs = p99_errs + (g1["non2xx"] + g1["socket_errors"] if g1 else 0)
+        single = ""
+        if g1 and d1 and g1["p99"] is not None and d1["p99"] is not None:
+            single = (f"; the single {meta.get('duration', '?')} s runs above: {ms(g1['p99'])} − "
+                      f"{ms(d1['p99'])} = {g1['p99'] - d1['p99']:+.3f} ms")
+        judge(f"added p99 latency at c={cl} ≤ 1 ms",
+              f"median over {len(p99_pairs)} interleaved rounds of gateway p99 − direct p99{single}",
+              f"{added:+.3f} ms", added <= 1.0, errs == 0, f"{errs} gateway errors" if errs else "")
+    elif g1 and d1 and g1["p99"] is not None and d1["p99"] is not None:
         added = g1["p99"] - d1["p99"]
         errs = g1["non2xx"] + g1["socket_errors"]
         note = f"{errs} gateway errors" if errs else ""
