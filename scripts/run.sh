@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs vision-gateway (release build). Installs the build's Debian packages first if missing.
+# Runs vision-gateway (release build, optimised with the committed profile: build-release.sh).
+# Installs the build's Debian packages first if missing.
 # Arguments go to the gateway: ./scripts/run.sh --config config/vision-gateway.toml
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh build
-exec cargo run --release --locked -- "$@"
+bin=$(./scripts/build-release.sh)
+exec "$bin" "$@"

@@ -14,7 +14,7 @@ The upstream is the built-in stand-in (`vision-gateway mock-upstream`), which de
 base64 it receives and answers at once, so the figures are the cost of moving and processing
 the image, not of a model. Prints the median and p90 of each mode and the ratios.
 
-Usage: python3 benches/load/image_e2e.py [--bin target/release/vision-gateway]
+Usage: python3 benches/load/image_e2e.py [--bin target/pgo/release/vision-gateway]
                                           [--photo FILE] [--requests N]
 The default photo is the baseline twin of Debian's mate-backgrounds Elephants_5640x3172.jpg,
 made with vips if missing (benches/images/compare.sh makes the same file).
@@ -121,7 +121,7 @@ def timed_post(port: int, body: bytes) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", default=str(REPO / "target" / "release" / "vision-gateway"))
+    ap.add_argument("--bin", default=str(REPO / "target" / "pgo" / "release" / "vision-gateway"))
     ap.add_argument("--photo", default=str(BASELINE))
     ap.add_argument("--requests", type=int, default=15)
     args = ap.parse_args()

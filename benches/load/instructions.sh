@@ -4,14 +4,14 @@
 # The gateway runs under valgrind in front of the stand-in upstream (loopback only); after a
 # warm-up the counters are reset, exactly 2 x N_PER_THREAD requests are sent at c=32, and
 # the total is divided by that number.
-# Usage: bash benches/load/instructions.sh [BIN]   (default: target/release/vision-gateway)
+# Usage: bash benches/load/instructions.sh [BIN]   (default: target/pgo/release/vision-gateway, from scripts/build-release.sh)
 #        KEEP_PROFILE=/tmp/cg.out bash benches/load/instructions.sh   (keeps the profile)
 #        MOCK_BIN=target/release/vision-gateway bash benches/load/instructions.sh \
 #          target/release/examples/bare_proxy   (the floor; it has no stand-in of its own)
 # Needs valgrind (Debian package `valgrind`) and wrk (benches/load/run.sh installs it).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-BIN=${1:-$HERE/../../target/release/vision-gateway}
+BIN=${1:-$HERE/../../target/pgo/release/vision-gateway}
 MOCK_BIN=${MOCK_BIN:-$BIN}
 N_PER_THREAD=${N_PER_THREAD:-3000}
 PY=${PYTHON:-python3}

@@ -4,13 +4,13 @@
 # reversed every other round, so drift on a shared machine hits all alike. Prints each
 # round's req/s and proxy CPU per request, then the medians and the ratio to nginx.
 # Usage: bash benches/load/interleaved.sh [NAME=BINARY ...]
-#        (default: gateway=target/release/vision-gateway; build it first)
+#        (default: gateway=target/pgo/release/vision-gateway; build it first: scripts/build-release.sh)
 # Knobs: ROUNDS (7), DURATION (5 s), CONNS (32). Loopback only. Needs nginx, wrk (run.sh
 # installs them) and bc.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROUNDS=${ROUNDS:-7}; DURATION=${DURATION:-5}; CONNS=${CONNS:-32}; PY=${PYTHON:-python3}
-[ $# -gt 0 ] || set -- "gateway=$HERE/../../target/release/vision-gateway"
+[ $# -gt 0 ] || set -- "gateway=$HERE/../../target/pgo/release/vision-gateway"
 MOCK_BIN=${1#*=}
 for tool in nginx wrk bc; do command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { echo "missing $tool"; exit 1; }; done
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)

@@ -11,11 +11,11 @@ ROUNDS=${ROUNDS:-5}            # interleaved rounds per gateway
 DURATION=${DURATION:-6}        # seconds per wrk run
 CONNS=${CONNS:-32}
 PY=${PYTHON:-python3}
-BIN=${VISION_GATEWAY_BIN:-$ROOT/target/release/vision-gateway}
+BIN=${VISION_GATEWAY_BIN:-$ROOT/target/pgo/release/vision-gateway}
 H=127.0.0.1
 
 command -v wrk >/dev/null || { echo "wrk missing: run benches/load/run.sh once (it installs nginx and wrk)"; exit 1; }
-if [ "${SKIP_BUILD:-0}" != 1 ]; then (cd "$ROOT" && cargo build --release --locked --bin vision-gateway >/dev/null); fi
+if [ "${SKIP_BUILD:-0}" != 1 ]; then "$ROOT/scripts/build-release.sh" >/dev/null; fi
 
 # shellcheck source=benches/load/common.sh
 . "$HERE/common.sh"

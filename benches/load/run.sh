@@ -115,13 +115,12 @@ fi
 if [ -n "${GATEWAY_BIN:-}" ]; then
     BIN=$GATEWAY_BIN
 else
-    TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-    case "$TARGET_DIR" in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
-    BIN=$TARGET_DIR/release/vision-gateway
+    # The release build users run (scripts/run.sh): optimised with the committed profile.
+    BIN=$ROOT/target/pgo/release/vision-gateway
     if [ "$SKIP_BUILD" != 1 ]; then
-        if [ ! -x "$BIN" ] || [ -n "$(find "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" -newer "$BIN" -print -quit 2>/dev/null)" ]; then
-            log "building the release binary (cargo build --release; waits if another build holds the lock)"
-            (cd "$ROOT" && cargo build --release)
+        if [ ! -x "$BIN" ] || [ -n "$(find "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" "$ROOT/pgo" -newer "$BIN" -print -quit 2>/dev/null)" ]; then
+            log "building the release binary (scripts/build-release.sh; waits if another build holds the lock)"
+            BIN=$("$ROOT/scripts/build-release.sh")
         fi
     fi
 fi
