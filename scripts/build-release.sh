@@ -3,7 +3,6 @@
 # (pgo/vision-gateway.profdata, made by scripts/pgo.sh), and prints its path. Its own target
 # directory (target/pgo): a plain `cargo build --release` and this one do not rebuild each
 # other. Without the profile file it builds without one.
-# Extra arguments go to cargo build (e.g. --example bare_proxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 flags=${RUSTFLAGS:-}
@@ -12,6 +11,6 @@ if [ -f pgo/vision-gateway.profdata ]; then
     # LLVM's notes about the others would only repeat that.
     flags="$flags -Cprofile-use=$PWD/pgo/vision-gateway.profdata -Cllvm-args=-no-pgo-warn-mismatch"
 fi
-[ $# -gt 0 ] || set -- --bin vision-gateway
-RUSTFLAGS=$flags cargo build --release --locked --target-dir target/pgo "$@" >&2
+[ $# -eq 0 ] || { echo "usage: $0 (no arguments)" >&2; exit 2; }
+RUSTFLAGS=$flags cargo build --release --locked --target-dir target/pgo --bin vision-gateway >&2
 echo "$PWD/target/pgo/release/vision-gateway"

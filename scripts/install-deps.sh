@@ -6,8 +6,8 @@
 #                                     redis-server and redis-tools (the shared rate-limit tests and bench),
 #                                     chromium and fonts-dejavu-core (the playground's browser test
 #                                     drives Debian's Chromium; Playwright downloads no browser)
-#   ./scripts/install-deps.sh pgo     build + wrk, mate-backgrounds and llvm-NN (llvm-profdata
-#                                     of rustc's LLVM major version): scripts/pgo.sh
+#   ./scripts/install-deps.sh pgo llvm-NN   build + wrk, mate-backgrounds and llvm-NN
+#                                     (llvm-profdata of rustc's LLVM, named by scripts/pgo.sh)
 # Needs root for apt-get when something is missing; does nothing when all is there.
 set -euo pipefail
 
@@ -15,7 +15,8 @@ want=(cmake nasm)
 case "${1:-build}" in
   build) ;;
   test) want+=(mate-backgrounds redis-server redis-tools chromium fonts-dejavu-core) ;;
-  pgo) want+=(wrk mate-backgrounds "llvm-$(rustc --version --verbose | awk '/^LLVM version/ {split($3, v, "."); print v[1]}')") ;;
+  pgo) [[ ${2:-} == llvm-[0-9]* ]] || { echo "usage: $0 pgo llvm-NN" >&2; exit 2; }
+       want+=(wrk mate-backgrounds "$2") ;;
   *) echo "usage: $0 build|test|pgo" >&2; exit 2 ;;
 esac
 

@@ -8,13 +8,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-./scripts/install-deps.sh pgo
 llvm=$(rustc --version --verbose | awk '/^LLVM version/ {split($3, v, "."); print v[1]}')
+./scripts/install-deps.sh pgo "llvm-$llvm"
 PROFDATA=llvm-profdata-$llvm
 command -v "$PROFDATA" >/dev/null || { echo "missing $PROFDATA (apt-get install llvm-$llvm)" >&2; exit 1; }
 
 RAW=$ROOT/target/pgo-gen/profraw
 rm -rf "$RAW"
+# Only the profile flag, as build-release.sh adds only the profile: the same code both times.
 RUSTFLAGS="-Cprofile-generate=$RAW" cargo build --release --locked --target-dir target/pgo-gen \
     --bin vision-gateway
 # Build scripts of dependencies ran instrumented too; only the gateway's run is kept.

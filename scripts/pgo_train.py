@@ -78,7 +78,14 @@ def png(width: int, height: int, alpha: bool) -> bytes:
             + chunk(b"IDAT", zlib.compress(bytes(rows), 6)) + chunk(b"IEND", b""))
 
 
-def chat(port: int, body: dict, stream: bool = False) -> int:
+def check(ok: bool, what: str) -> None:
+    # Not `assert`: `python -O` would drop it, and a profile of failures would be worse
+    # than none (the success path compiled as cold).
+    if not ok:
+        raise SystemExit(f"training failed: {what}")
+
+
+def chat(port: int, body: dict) -> int:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     c.request("POST", "/v1/chat/completions", json.dumps(body),
               {"Content-Type": "application/json"})
@@ -123,23 +130,26 @@ def main() -> None:
         url = f"http://127.0.0.1:{gport}/v1/chat/completions"
         post = str(LOAD / "post.lua")
         for threads, conns, secs in ((2, 32, a.seconds), (1, 1, max(1, a.seconds // 4))):
-            subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s", "-s", post, url],
-                           check=True, stdout=subprocess.DEVNULL)
+            out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s", "-s", post, url],
+                                 check=True, capture_output=True, text=True).stdout
+            check("Non-2xx" not in out and "Socket errors" not in out, f"wrk saw errors:\n{out}")
         streamed = {"model": "pixtral-12b-2409", "stream": True,
                     "stream_options": {"include_usage": True},
                     "messages": [{"role": "user", "content": "hi"}],
                     "mock": {"chunks": 8, "chunk_delay_ms": 0}}
         for _ in range(300):
-            assert chat(gport, streamed) == 200
+            check(chat(gport, streamed) == 200, "a streamed request")
         images = [("image/png", png(1600, 1200, False)), ("image/png", png(900, 700, True)),
                   ("image/png", png(64, 64, False))]
-        images += [("image/jpeg", p.read_bytes()) for p in PHOTOS if p.exists()]
+        missing = [str(p) for p in PHOTOS if not p.exists()]
+        check(not missing, f"photos missing (Debian package mate-backgrounds): {missing}")
+        images += [("image/jpeg", p.read_bytes()) for p in PHOTOS]
         for _ in range(6):
             for mime, data in images:
-                assert chat(gport, image_message(mime, data)) == 200
+                check(chat(gport, image_message(mime, data)) == 200, f"an image request ({mime})")
         too_many = image_message("image/png", png(8, 8, False))
         too_many["messages"][0]["content"] *= 13
-        assert chat(gport, too_many) == 400
+        check(chat(gport, too_many) == 400, "a request with 13 images")
         for _ in range(50):
             c = http.client.HTTPConnection("127.0.0.1", gport, timeout=10)
             c.request("POST", "/v1/chat/completions", "{not json", {"Content-Type": "application/json"})
@@ -150,12 +160,15 @@ def main() -> None:
             c.getresponse().read()
             c.close()
     finally:
-        if gw is not None:
-            gw.send_signal(signal.SIGTERM)  # a clean exit writes the profile
-            gw.wait(timeout=60)
-        mock.terminate()
-        mock.wait(timeout=10)
-    print(f"trained; the gateway exited with {gw.returncode if gw else '?'}")
+        try:
+            if gw is not None:
+                gw.send_signal(signal.SIGTERM)  # a clean exit writes the profile
+                gw.wait(timeout=60)
+        finally:
+            mock.terminate()
+            mock.wait(timeout=10)
+    check(gw is not None and gw.returncode == 0, "the gateway did not exit cleanly (no profile)")
+    print("trained; the gateway exited cleanly")
 
 
 if __name__ == "__main__":

@@ -7,65 +7,61 @@
 //! so its task can hold the timer: the request side writes its deadline into the
 //! connection's [`FirstByte`] before handing the request over ([`FirstByte::start`]) and
 //! clears it when the response head arrives ([`FirstByte::finish`]). The connection's task
-//! ([`Watched`]) leaves its timer set for an earlier request's deadline (deadlines on one
-//! connection only grow) and, when it fires, moves it on to the pending request's deadline;
-//! if that deadline has passed with the head still missing, it closes the connection and
-//! marks it expired, so the pool reports a timeout (504), not a broken connection (502).
+//! ([`Watched`]) leaves its timer set for an earlier request's deadline (a chat request's
+//! deadline is always later than the previous one's) and, when it fires, moves it on to the
+//! pending request's deadline (at once, for a deadline earlier than the timer's); if that
+//! deadline has passed with the head still missing, it marks the exchange expired and closes
+//! the connection, so the pool reports a timeout (504), not a broken connection (502).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+/// `FirstByte::due` of an exchange the connection's task cut.
+const EXPIRED: u64 = u64::MAX;
+
 /// The deadline of the request in flight on one connection, shared by the request side and
-/// the connection's task.
+/// the connection's task. One atomic holds the whole state, so the two sides cannot both
+/// win: the head arriving (`finish`) and the deadline passing (the task) each replace the
+/// pending deadline, and whichever comes second sees the other's mark.
 #[derive(Debug)]
-pub struct FirstByte {
+pub(crate) struct FirstByte {
     /// Deadlines are stored as microseconds after this instant (atomics hold no `Instant`).
     base: Instant,
-    /// The pending request's deadline in microseconds after `base`, plus one; 0: none.
+    /// The pending request's deadline in microseconds after `base`, plus one; 0: none;
+    /// [`EXPIRED`]: the task cut the exchange and closes the connection.
     due: AtomicU64,
-    /// Set by the connection's task when a deadline passed and it closed the connection.
-    expired: AtomicBool,
-}
-
-impl Default for FirstByte {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 impl FirstByte {
-    pub fn new() -> Self {
+    /// The state of a new connection; `base` is read now, on the connection's runtime.
+    pub(crate) fn new() -> Self {
         Self {
             base: Instant::now(),
             due: AtomicU64::new(0),
-            expired: AtomicBool::new(false),
         }
     }
 
     /// A request is about to be handed to the connection and must have its response head by
     /// `deadline`. Relaxed is enough: the hand-over itself (hyper's channel) orders this
     /// write before the connection's task reads it.
-    pub fn start(&self, deadline: Instant) {
+    pub(crate) fn start(&self, deadline: Instant) {
         let micros = u64::try_from(deadline.saturating_duration_since(self.base).as_micros())
             .unwrap_or(u64::MAX);
-        self.due.store(micros.saturating_add(1), Ordering::Relaxed);
+        self.due
+            .store(micros.saturating_add(1).min(EXPIRED - 1), Ordering::Relaxed);
     }
 
-    /// The response head arrived (or the exchange ended otherwise): no deadline is pending.
-    pub fn finish(&self) {
-        self.due.store(0, Ordering::Relaxed);
-    }
-
-    /// Whether the connection was closed because a deadline passed. Read after the request
-    /// failed: hyper's report of the failure orders the task's write before this read.
-    pub fn expired(&self) -> bool {
-        self.expired.load(Ordering::Relaxed)
+    /// The exchange's head arrived or it failed: clears the deadline and says whether the
+    /// task had cut the exchange first (then the request timed out, whatever hyper says).
+    pub(crate) fn finish(&self) -> bool {
+        self.due.swap(0, Ordering::AcqRel) == EXPIRED
     }
 
     /// The instant a stored `due` stands for.
@@ -82,26 +78,30 @@ pin_project! {
     /// A connection's future with its [`FirstByte`] watch: ends with the connection's own
     /// result, or with `None` when a request's deadline passed (the connection is dropped
     /// with this future, which closes it and fails the request).
-    pub struct Watched<C> {
+    pub(crate) struct Watched<C> {
         #[pin]
         conn: C,
-        first_byte: std::sync::Arc<FirstByte>,
-        timer: Pin<Box<Sleep>>,
+        first_byte: Arc<FirstByte>,
+        #[pin]
+        timer: Sleep,
         // The `due` the timer is set for; 0 before the first request.
         armed: u64,
+        // Whether this task's waker is registered with the timer since its last reset.
+        registered: bool,
     }
 }
 
 impl<C> Watched<C> {
     /// Call inside the runtime that will drive it (the timer belongs to that runtime).
-    pub fn new(conn: C, first_byte: std::sync::Arc<FirstByte>) -> Self {
+    pub(crate) fn new(conn: C, first_byte: Arc<FirstByte>) -> Self {
         // Not registered until first polled, which happens only after a reset to a deadline.
-        let timer = Box::pin(tokio::time::sleep_until(first_byte.base));
+        let timer = tokio::time::sleep_until(first_byte.base);
         Self {
             conn,
             first_byte,
             timer,
             armed: 0,
+            registered: false,
         }
     }
 }
@@ -110,123 +110,188 @@ impl<C: Future> Future for Watched<C> {
     type Output = Option<C::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(out) = this.conn.poll(cx) {
             return Poll::Ready(Some(out));
         }
-        let due = this.first_byte.due.load(Ordering::Relaxed);
-        if due == 0 {
+        let due = this.first_byte.due.load(Ordering::Acquire);
+        if due == 0 || due == EXPIRED {
             // Nothing in flight: a timer that fires meanwhile is left fired.
             return Poll::Pending;
         }
-        // The timer stays set for the deadline it was armed with (`armed`), which is at or
-        // before `due`: deadlines on one connection only grow. Most requests get their head
-        // long before it fires, so a request costs the timer nothing; when it fires, it is
-        // moved on to the pending request's deadline, or that request has run out of time.
-        if *this.armed != 0 && !this.timer.is_elapsed() {
+        // The timer stays set for the deadline it was armed with (`armed`) while that is at
+        // or before `due`: most requests get their head long before it fires, so a request
+        // costs the timer nothing.
+        let fired = this.timer.is_elapsed();
+        if *this.armed != 0 && *this.registered && !fired && due >= *this.armed {
             return Poll::Pending;
         }
-        if *this.armed == due
+        if (fired && *this.armed == due)
             || (*this.armed != 0 && Instant::now() >= this.first_byte.instant(due))
         {
-            this.first_byte.expired.store(true, Ordering::Relaxed);
-            return Poll::Ready(None);
+            return expire(this.first_byte, due);
         }
-        this.timer.as_mut().reset(this.first_byte.instant(due));
-        *this.armed = due;
-        // Polled once after each reset, to register this task's waker with the timer.
-        if this.timer.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
+        if *this.armed != due {
+            this.timer.as_mut().reset(this.first_byte.instant(due));
+            *this.armed = due;
         }
-        this.first_byte.expired.store(true, Ordering::Relaxed);
-        Poll::Ready(None)
+        // Register this task's waker. With the task's budget spent, tokio's timer would
+        // answer Pending without registering (and wake the task to come back): poll it then.
+        *this.registered = tokio::task::coop::has_budget_remaining();
+        if this.timer.poll(cx).is_ready() {
+            return expire(this.first_byte, due);
+        }
+        Poll::Pending
+    }
+}
+
+/// Cuts the exchange whose deadline `due` passed, unless its head arrived meanwhile (the
+/// request side cleared `due`): then the connection lives on.
+fn expire<T>(first_byte: &FirstByte, due: u64) -> Poll<Option<T>> {
+    match first_byte
+        .due
+        .compare_exchange(due, EXPIRED, Ordering::AcqRel, Ordering::Acquire)
+    {
+        Ok(_) => Poll::Ready(None),
+        Err(_) => Poll::Pending,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::task::Waker;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Wake, Waker};
 
     use super::*;
 
-    fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
-        f.poll(&mut Context::from_waker(Waker::noop()))
+    /// Counts its wake-ups: a test sees whether the timer would bring the task back.
+    #[derive(Default)]
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
-    type Endless = Pin<Box<Watched<std::future::Pending<()>>>>;
+    struct Probe {
+        fb: Arc<FirstByte>,
+        w: Pin<Box<Watched<std::future::Pending<()>>>>,
+        wakes: Arc<Counter>,
+        waker: Waker,
+    }
 
-    /// A connection that never ends on its own, watched.
-    fn watched() -> (Arc<FirstByte>, Endless) {
-        let fb = Arc::new(FirstByte::new());
-        let w = Box::pin(Watched::new(std::future::pending::<()>(), Arc::clone(&fb)));
-        (fb, w)
+    impl Probe {
+        /// A connection that never ends on its own, watched.
+        fn new() -> Self {
+            let fb = Arc::new(FirstByte::new());
+            let w = Box::pin(Watched::new(std::future::pending::<()>(), Arc::clone(&fb)));
+            let wakes = Arc::new(Counter::default());
+            let waker = Waker::from(Arc::clone(&wakes));
+            Self {
+                fb,
+                w,
+                wakes,
+                waker,
+            }
+        }
+
+        fn poll(&mut self) -> Poll<Option<()>> {
+            self.w.as_mut().poll(&mut Context::from_waker(&self.waker))
+        }
+
+        fn wakes(&self) -> usize {
+            self.wakes.0.load(Ordering::SeqCst)
+        }
     }
 
     const T: Duration = Duration::from_millis(300);
+    const MS: Duration = Duration::from_millis(1);
 
     #[tokio::test(start_paused = true)]
     async fn a_request_without_a_head_by_its_deadline_closes_the_connection() {
-        let (fb, mut w) = watched();
-        fb.start(Instant::now() + T);
-        assert!(poll_once(w.as_mut()).is_pending());
-        tokio::time::advance(T - Duration::from_millis(2)).await;
-        assert!(poll_once(w.as_mut()).is_pending());
-        assert!(!fb.expired());
-        tokio::time::advance(Duration::from_millis(3)).await;
-        assert!(matches!(poll_once(w.as_mut()), Poll::Ready(None)));
-        assert!(fb.expired());
+        let mut p = Probe::new();
+        p.fb.start(Instant::now() + T);
+        assert!(p.poll().is_pending());
+        tokio::time::advance(T - MS * 2).await;
+        assert_eq!(p.wakes(), 0);
+        assert!(p.poll().is_pending());
+        tokio::time::advance(MS * 3).await;
+        assert!(p.wakes() > 0, "the timer wakes the connection's task");
+        assert!(matches!(p.poll(), Poll::Ready(None)));
+        assert!(p.fb.finish(), "the request side learns it timed out");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_finished_request_leaves_the_connection_open() {
-        let (fb, mut w) = watched();
-        fb.start(Instant::now() + T);
-        assert!(poll_once(w.as_mut()).is_pending());
-        fb.finish();
+        let mut p = Probe::new();
+        p.fb.start(Instant::now() + T);
+        assert!(p.poll().is_pending());
+        assert!(!p.fb.finish());
         tokio::time::advance(T * 3).await;
-        assert!(poll_once(w.as_mut()).is_pending());
-        assert!(!fb.expired());
+        assert!(p.poll().is_pending());
+        assert!(!p.fb.finish());
     }
 
     #[tokio::test(start_paused = true)]
     async fn each_request_is_held_to_its_own_deadline() {
-        let (fb, mut w) = watched();
+        let mut p = Probe::new();
         let t0 = Instant::now();
-        fb.start(t0 + T);
-        assert!(poll_once(w.as_mut()).is_pending());
-        fb.finish();
+        p.fb.start(t0 + T);
+        assert!(p.poll().is_pending());
+        p.fb.finish();
         // The second request starts 200 ms later: its deadline is t0 + 500 ms.
-        tokio::time::advance(Duration::from_millis(200)).await;
-        fb.start(Instant::now() + T);
-        assert!(poll_once(w.as_mut()).is_pending());
-        tokio::time::advance(Duration::from_millis(110)).await; // t0 + 310: past the first
-        assert!(
-            poll_once(w.as_mut()).is_pending(),
-            "held to the first deadline"
-        );
-        tokio::time::advance(Duration::from_millis(188)).await; // t0 + 498
-        assert!(poll_once(w.as_mut()).is_pending());
-        tokio::time::advance(Duration::from_millis(3)).await; // t0 + 501
-        assert!(matches!(poll_once(w.as_mut()), Poll::Ready(None)));
+        tokio::time::advance(MS * 200).await;
+        p.fb.start(Instant::now() + T);
+        assert!(p.poll().is_pending());
+        tokio::time::advance(MS * 110).await; // t0 + 310: past the first
+        assert!(p.poll().is_pending(), "held to the first deadline");
+        let wakes = p.wakes();
+        tokio::time::advance(MS * 188).await; // t0 + 498
+        assert!(p.poll().is_pending());
+        tokio::time::advance(MS * 3).await; // t0 + 501
+        assert!(p.wakes() > wakes, "the moved timer wakes the task again");
+        assert!(matches!(p.poll(), Poll::Ready(None)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_deadline_than_the_timer_s_is_kept() {
+        // A readiness probe with a short deadline after a chat request with a long one.
+        let mut p = Probe::new();
+        p.fb.start(Instant::now() + T * 10);
+        assert!(p.poll().is_pending());
+        p.fb.finish();
+        p.fb.start(Instant::now() + T);
+        assert!(p.poll().is_pending());
+        tokio::time::advance(T + MS).await;
+        assert!(p.wakes() > 0);
+        assert!(matches!(p.poll(), Poll::Ready(None)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_request_after_the_timer_fired_idle_gets_a_fresh_timer() {
-        let (fb, mut w) = watched();
-        fb.start(Instant::now() + T);
-        assert!(poll_once(w.as_mut()).is_pending());
-        fb.finish();
+        let mut p = Probe::new();
+        p.fb.start(Instant::now() + T);
+        assert!(p.poll().is_pending());
+        p.fb.finish();
         // The timer fires with nothing in flight and is left fired.
         tokio::time::advance(T * 2).await;
-        assert!(poll_once(w.as_mut()).is_pending());
-        fb.start(Instant::now() + T);
-        assert!(
-            poll_once(w.as_mut()).is_pending(),
-            "not the old, fired timer"
-        );
-        tokio::time::advance(T + Duration::from_millis(1)).await;
-        assert!(matches!(poll_once(w.as_mut()), Poll::Ready(None)));
+        assert!(p.poll().is_pending());
+        p.fb.start(Instant::now() + T);
+        assert!(p.poll().is_pending(), "not the old, fired timer");
+        tokio::time::advance(T + MS).await;
+        assert!(matches!(p.poll(), Poll::Ready(None)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_arrives_as_the_deadline_passes_keeps_the_connection() {
+        let mut p = Probe::new();
+        p.fb.start(Instant::now() + T);
+        assert!(p.poll().is_pending());
+        tokio::time::advance(T + MS).await;
+        // The request side takes the head before the task runs: the task must not cut.
+        assert!(!p.fb.finish());
+        assert!(p.poll().is_pending());
     }
 
     #[tokio::test(start_paused = true)]
@@ -234,6 +299,10 @@ mod tests {
         let fb = Arc::new(FirstByte::new());
         fb.start(Instant::now() + T);
         let mut w = Box::pin(Watched::new(std::future::ready(7), fb));
-        assert!(matches!(poll_once(w.as_mut()), Poll::Ready(Some(7))));
+        let waker = Waker::from(Arc::new(Counter::default()));
+        assert!(matches!(
+            w.as_mut().poll(&mut Context::from_waker(&waker)),
+            Poll::Ready(Some(7))
+        ));
     }
 }

@@ -113,9 +113,9 @@ impl Conn {
         &self,
         sent: Result<Response<Incoming>, TrySendError<Request<Full<Bytes>>>>,
     ) -> Result<Response<Incoming>, SendError> {
-        self.first_byte.finish();
-        // A head that raced the deadline is dropped too: the task is closing the connection.
-        if self.first_byte.expired() {
+        // Cut by the connection's task: a head that raced the deadline is dropped too (the
+        // connection is closing).
+        if self.first_byte.finish() {
             return Err(SendError::Failed(PoolError::TimedOut));
         }
         sent.map_err(|mut e| match e.take_message() {

@@ -157,8 +157,10 @@ async fn a_request_on_a_reused_upstream_connection_times_out_and_the_next_one_is
         "first_byte_timeout_ms = 2000",
         "first_byte_timeout_ms = 300",
     );
+    assert!(toml.contains("first_byte_timeout_ms = 300"), "{toml}");
     let gw = Gateway::from_toml(&toml).await;
-    // One client connection, so every request is served by the same worker and its pool.
+    // One client connection, served in order: the second request goes out on the upstream
+    // connection the first one released.
     let stream = tokio::net::TcpStream::connect(gw.addr)
         .await
         .expect("connect");
@@ -192,6 +194,13 @@ async fn a_request_on_a_reused_upstream_connection_times_out_and_the_next_one_is
         statuses.push(status);
     }
     assert_eq!(statuses, [200, 504, 200]);
+    for _ in 0..3 {
+        up.next_request().await;
+    }
+    assert!(
+        up.try_request().is_none(),
+        "the timed-out request was not sent again"
+    );
 }
 
 #[tokio::test]
