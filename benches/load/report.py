@@ -303,13 +303,18 @@ def main():
     if p99_pairs:
         added = median([g - d for d, g in p99_pairs])
         errs = p99_errs + (g1["non2xx"] + g1["socket_errors"] if g1 else 0)
+        # A round whose wrk failed has no pair: say so rather than judge on fewer rounds.
+        lost = len(p99_rounds) - len(p99_pairs)
+        if lost:
+            errs += lost
         single = ""
         if g1 and d1 and g1["p99"] is not None and d1["p99"] is not None:
             single = (f"; the single {meta.get('duration', '?')} s runs above: {ms(g1['p99'])} − "
                       f"{ms(d1['p99'])} = {g1['p99'] - d1['p99']:+.3f} ms")
         judge(f"added p99 latency at c={cl} ≤ 1 ms",
               f"median over {len(p99_pairs)} interleaved rounds of gateway p99 − direct p99{single}",
-              f"{added:+.3f} ms", added <= 1.0, errs == 0, f"{errs} gateway errors" if errs else "")
+              f"{added:+.3f} ms", added <= 1.0, errs == 0,
+              f"{errs} gateway errors or failed rounds" if errs else "")
     elif g1 and d1 and g1["p99"] is not None and d1["p99"] is not None:
         added = g1["p99"] - d1["p99"]
         errs = g1["non2xx"] + g1["socket_errors"]
