@@ -53,39 +53,36 @@ def parse_wrk(path):
     return r
 
 
+def round_lines(path):
+    """The "ROUND TARGET VALUE ERRORS" lines of an interleaved-rounds file, split, and the
+    gateway's error count over them."""
+    try:
+        lines = [line.split() for line in open(path).read().split("\n")]
+    except OSError:
+        return [], 0
+    rows = [f for f in lines if len(f) == 4]
+    return rows, sum(int(f[3]) for f in rows if f[1] == "gateway")
+
+
 def parse_ratio(path):
     """The interleaved rounds: {target: [req/s per round]} and the gateway's error count."""
-    rounds, errs = {}, 0
-    try:
-        lines = open(path).read().split("\n")
-    except OSError:
-        return rounds, errs
-    for line in lines:
-        f = line.split()
-        if len(f) == 4:
-            rounds.setdefault(f[1], []).append(float(f[2]))
-            if f[1] == "gateway":
-                errs += int(f[3])
+    rows, errs = round_lines(path)
+    rounds = {}
+    for f in rows:
+        rounds.setdefault(f[1], []).append(float(f[2]))
     return rounds, errs
 
 
 def parse_p99_rounds(path):
     """The interleaved c=1 rounds: {round: {target: p99 ms}} and the gateway's error count."""
-    rounds, errs = {}, 0
-    try:
-        lines = open(path).read().split("\n")
-    except OSError:
-        return rounds, errs
-    for line in lines:
-        f = line.split()
-        if len(f) != 4:
-            continue
+    rows, errs = round_lines(path)
+    rounds = {}
+    for f in rows:
+        cell = rounds.setdefault(int(f[0]), {})
         try:
-            rounds.setdefault(int(f[0]), {})[f[1]] = parse_time_ms(f[2])
+            cell[f[1]] = parse_time_ms(f[2])
         except ValueError:
-            pass
-        if f[1] == "gateway":
-            errs += int(f[3])
+            pass  # wrk printed no p99 (it failed): the round has no pair
     return rounds, errs
 
 
