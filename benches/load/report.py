@@ -86,6 +86,22 @@ def parse_p99_rounds(path):
     return rounds, errs
 
 
+def rounds_table(L, title, unit, intro, rows):
+    """Appends a table of interleaved rounds: one row per (label, values, format), the
+    median last."""
+    n = max(len(v) for _, v, _ in rows)
+    L.append(f"## {title}: {n} interleaved rounds ({unit})")
+    L.append("")
+    L.append(intro)
+    L.append("")
+    L.append("| round | " + " | ".join(f"{i + 1}" for i in range(n)) + " | median |")
+    L.append("|---|" + "---:|" * (n + 1))
+    for label, v, fmt in rows:
+        L.append(f"| {label} | " + " | ".join(fmt(x) for x in v)
+                 + f" | {fmt(median(v)) if v else 'n/a'} |")
+    L.append("")
+
+
 def median(xs):
     s = sorted(xs)
     n = len(s)
@@ -201,36 +217,18 @@ def main():
     L.append("")
 
     if rounds:
-        n = max(len(v) for v in rounds.values())
-        L.append(f"## Throughput ratio at c={ch}: {n} interleaved rounds (req/s)")
-        L.append("")
-        L.append("nginx and the gateway alternate, the order reversed every other round; the "
-                 "throughput verdict reads the medians.")
-        L.append("")
-        L.append("| round | " + " | ".join(f"{i + 1}" for i in range(n)) + " | median |")
-        L.append("|---|" + "---:|" * (n + 1))
-        for t in ("nginx", "gateway"):
-            v = rounds.get(t, [])
-            L.append(f"| {t} | " + " | ".join(f1(x, 0) for x in v) + f" | {f1(median(v), 0) if v else 'n/a'} |")
-        L.append("")
+        rounds_table(L, f"Throughput ratio at c={ch}", "req/s",
+                     "nginx and the gateway alternate, the order reversed every other round; the "
+                     "throughput verdict reads the medians.",
+                     [(t, rounds.get(t, []), lambda x: f1(x, 0)) for t in ("nginx", "gateway")])
 
     if p99_pairs:
-        n = len(p99_pairs)
-        L.append(f"## Added p99 latency at c={cl}: {n} interleaved rounds (p99, ms)")
-        L.append("")
-        L.append("direct and the gateway alternate, the order reversed every other round; the "
-                 "latency verdict reads the median of the per-round differences.")
-        L.append("")
-        L.append("| round | " + " | ".join(f"{i + 1}" for i in range(n)) + " | median |")
-        L.append("|---|" + "---:|" * (n + 1))
-        cols = {"direct": [d for d, _ in p99_pairs], "gateway": [g for _, g in p99_pairs],
-                "added": [g - d for d, g in p99_pairs]}
-        for t, label in (("direct", "direct"), ("gateway", "gateway"), ("added", "gateway − direct")):
-            v = cols[t]
-            sign = "+" if t == "added" else ""
-            L.append(f"| {label} | " + " | ".join(f"{x:{sign}.3f}" for x in v)
-                     + f" | {median(v):{sign}.3f} |")
-        L.append("")
+        rounds_table(L, f"Added p99 latency at c={cl}", "p99, ms",
+                     "direct and the gateway alternate, the order reversed every other round; the "
+                     "latency verdict reads the median of the per-round differences.",
+                     [("direct", [d for d, _ in p99_pairs], lambda x: f"{x:.3f}"),
+                      ("gateway", [g for _, g in p99_pairs], lambda x: f"{x:.3f}"),
+                      ("gateway − direct", [g - d for d, g in p99_pairs], lambda x: f"{x:+.3f}")])
 
     L.append(f"## Streaming: time to first chunk ({meta.get('ttfc_n', '?')} sequential requests per "
              "target, interleaved)")
