@@ -231,6 +231,9 @@ def test_copies_every_file_cargo_needs():
             needed.add(target.get("path", f"{default_dir}/{target['name']}.rs"))
     if (REPO / "build.rs").exists():
         needed.add("build.rs")
+    # Patched dependencies ([patch.crates-io] hyper = { path = "vendor/hyper" }).
+    for patches in manifest.get("patch", {}).values():
+        needed.update(dep["path"] for dep in patches.values() if "path" in dep)
     sources = [s.rstrip("/") for s in copy_sources()]
     for path in sorted(needed):
         assert (REPO / path).exists(), f"Cargo.toml names {path}, which does not exist"

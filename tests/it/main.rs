@@ -16,3 +16,4 @@ mod playground;
 mod streaming;
 mod support;
 mod tokens;
+mod wakeups;

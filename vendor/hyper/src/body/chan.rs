@@ -172,8 +172,14 @@ impl Receiver {
             false
         };
         if let Some(item) = state.item.take() {
+            // Wake the sender only if there is one: its waker stays registered after it is
+            // dropped, and waking it then polls the connection's task for nothing (after
+            // every body that arrived whole: one extra task poll per exchange).
+            let sender_open = state.sender_open;
             drop(state);
-            self.shared.sender_waker.wake();
+            if sender_open {
+                self.shared.sender_waker.wake();
+            }
             return Poll::Ready(Some(item));
         }
         if let Some(err) = state.pending_error.take() {
