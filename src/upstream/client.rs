@@ -34,9 +34,12 @@ pub enum ClientError {
     /// No response head by the request's deadline.
     #[error("no response head by the deadline")]
     TimedOut,
-    /// The pool failed otherwise (never [`PoolError::TimedOut`]: that is `TimedOut`).
-    #[error(transparent)]
-    Pool(PoolError),
+    /// No connection to the upstream could be made (refused, unreachable, handshake).
+    #[error("connect error: {0}")]
+    Connect(std::io::Error),
+    /// The request or the response head failed on an established connection.
+    #[error("{0}")]
+    Request(hyper::Error),
     #[error(transparent)]
     Legacy(#[from] hyper_util::client::legacy::Error),
 }
@@ -45,7 +48,8 @@ impl From<PoolError> for ClientError {
     fn from(e: PoolError) -> Self {
         match e {
             PoolError::TimedOut => Self::TimedOut,
-            e => Self::Pool(e),
+            PoolError::Connect(e) => Self::Connect(e),
+            PoolError::Request(e) => Self::Request(e),
         }
     }
 }
@@ -55,8 +59,8 @@ impl ClientError {
     /// established one (502 `reset`) or a timeout (504).
     pub fn is_connect(&self) -> bool {
         match self {
-            Self::Pool(PoolError::Connect(_)) => true,
-            Self::Pool(PoolError::Request(_) | PoolError::TimedOut) | Self::TimedOut => false,
+            Self::Connect(_) => true,
+            Self::Request(_) | Self::TimedOut => false,
             Self::Legacy(e) => e.is_connect(),
         }
     }
