@@ -205,7 +205,7 @@ impl Http1Pool {
         req.headers_mut().insert(header::HOST, self.host.clone());
         let pool = Arc::clone(self);
         async move {
-            let (mut conn, reused) = match pool.checkout().await {
+            let (mut conn, reused) = match pool.checkout(deadline).await? {
                 Some(conn) => (conn, true),
                 // Boxed: connecting (TCP, handshake, timer) is the rare path, and unboxed its
                 // state would make every request's future, and each move of it, that much
@@ -247,14 +247,25 @@ impl Http1Pool {
     }
 
     /// The most recently used idle connection that is still open and ready, dropping expired
-    /// and closed ones on the way.
-    async fn checkout(&self) -> Option<Conn> {
+    /// and closed ones on the way. Waiting for one to become ready is bounded by `deadline`
+    /// (then [`PoolError::TimedOut`]), as the first byte is.
+    async fn checkout(&self, deadline: tokio::time::Instant) -> Result<Option<Conn>, PoolError> {
         loop {
-            let mut conn = self.pop_idle()?;
-            // Ready at once when the connection task has finished the previous exchange (the
-            // usual case); a closed connection answers with an error and is skipped.
-            if conn.sender.ready().await.is_ok() {
-                return Some(conn);
+            let Some(mut conn) = self.pop_idle() else {
+                return Ok(None);
+            };
+            // The usual case: a connection goes back to its stack when its response has
+            // ended, by when its task has finished the exchange.
+            if conn.sender.is_ready() {
+                return Ok(Some(conn));
+            }
+            // Its task has not caught up yet (it may run on another thread): wait for it.
+            // Boxed: the rare path, kept out of every request's future.
+            match Box::pin(tokio::time::timeout_at(deadline, conn.sender.ready())).await {
+                Ok(Ok(())) => return Ok(Some(conn)),
+                // Closed meanwhile: try the next one.
+                Ok(Err(_)) => {}
+                Err(_elapsed) => return Err(PoolError::TimedOut),
             }
         }
     }
@@ -466,6 +477,41 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), closed.recv())
             .await
             .expect("the upstream connection is closed");
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_pooled_connection_to_be_ready_ends_at_the_deadline() {
+        // An upstream that reads requests and never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut chunk = [0u8; 1024];
+                    while s.read(&mut chunk).await.unwrap_or(0) > 0 {}
+                });
+            }
+        });
+        let uri: Uri = format!("http://{addr}/v1/models").parse().unwrap();
+        let pool = Arc::new(Http1Pool::new(&uri, Duration::from_secs(1)).unwrap());
+        // A connection whose exchange is still in flight (due in a minute) sits in the idle
+        // stack: it is not ready for another request.
+        let mut busy = pool.connect().await.unwrap();
+        let first = Request::get(uri.clone())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let in_flight = busy.send(first, tokio::time::Instant::now() + Duration::from_secs(60));
+        let _first = tokio::spawn(in_flight);
+        pool.guard(busy).release();
+
+        let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        let answer = tokio::time::timeout(Duration::from_secs(5), pool.request(req, deadline))
+            .await
+            .expect("the second request's deadline bounds its wait for the busy connection");
+        assert!(matches!(answer, Err(PoolError::TimedOut)), "{answer:?}");
+        assert!(tokio::time::Instant::now() >= deadline);
     }
 
     #[test]
