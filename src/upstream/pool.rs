@@ -53,7 +53,8 @@ pub enum PoolError {
     /// The request or the response head failed on an established connection.
     #[error("{0}")]
     Request(hyper::Error),
-    /// No response head by the request's deadline (the connection was closed).
+    /// No response head by the request's deadline (the connection was closed), or no
+    /// connection made by then.
     #[error("no response head by the deadline")]
     TimedOut,
 }
@@ -205,7 +206,7 @@ impl Http1Pool {
         req.headers_mut().insert(header::HOST, self.host.clone());
         let pool = Arc::clone(self);
         async move {
-            let (mut conn, reused) = match pool.checkout(deadline).await? {
+            let (mut conn, reused) = match pool.checkout() {
                 Some(conn) => (conn, true),
                 // Boxed: connecting (TCP, handshake, timer) is the rare path, and unboxed its
                 // state would make every request's future, and each move of it, that much
@@ -246,26 +247,17 @@ impl Http1Pool {
         crate::server::worker_index() % self.idle.len().max(1)
     }
 
-    /// The most recently used idle connection that is still open and ready, dropping expired
-    /// and closed ones on the way. Waiting for one to become ready is bounded by `deadline`
-    /// (then [`PoolError::TimedOut`]), as the first byte is.
-    async fn checkout(&self, deadline: tokio::time::Instant) -> Result<Option<Conn>, PoolError> {
+    /// The most recently used idle connection that is open and ready for a request, dropping
+    /// expired, closed and busy ones on the way. Never waits: a connection goes back to its
+    /// stack when its response has ended, by when its task has finished the exchange. One
+    /// that is not ready (hyper still writing a request body the upstream answered early, or
+    /// a task on another thread of a multi-threaded runtime lagging) is closed, not awaited:
+    /// a new connection is quicker than a wait nothing bounds but the request's deadline.
+    fn checkout(&self) -> Option<Conn> {
         loop {
-            let Some(mut conn) = self.pop_idle() else {
-                return Ok(None);
-            };
-            // The usual case: a connection goes back to its stack when its response has
-            // ended, by when its task has finished the exchange.
+            let conn = self.pop_idle()?;
             if conn.sender.is_ready() {
-                return Ok(Some(conn));
-            }
-            // Its task has not caught up yet (it may run on another thread): wait for it.
-            // Boxed: the rare path, kept out of every request's future.
-            match Box::pin(tokio::time::timeout_at(deadline, conn.sender.ready())).await {
-                Ok(Ok(())) => return Ok(Some(conn)),
-                // Closed meanwhile: try the next one.
-                Ok(Err(_)) => {}
-                Err(_elapsed) => return Err(PoolError::TimedOut),
+                return Some(conn);
             }
         }
     }
@@ -480,16 +472,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn waiting_for_a_pooled_connection_to_be_ready_ends_at_the_deadline() {
-        // An upstream that reads requests and never answers.
+    async fn a_pooled_connection_that_is_not_ready_is_replaced_not_awaited() {
+        // An upstream that never answers on its first connection and answers `ok` on the
+        // others.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let (mut s, _) = listener.accept().await.unwrap();
+                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
                 tokio::spawn(async move {
                     let mut chunk = [0u8; 1024];
-                    while s.read(&mut chunk).await.unwrap_or(0) > 0 {}
+                    while s.read(&mut chunk).await.unwrap_or(0) > 0 {
+                        if !first {
+                            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await
+                                .unwrap();
+                        }
+                    }
                 });
             }
         });
@@ -505,13 +507,11 @@ mod tests {
         let _first = tokio::spawn(in_flight);
         pool.guard(busy).release();
 
-        let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
-        let answer = tokio::time::timeout(Duration::from_secs(5), pool.request(req, deadline))
+        let answer = tokio::time::timeout(Duration::from_secs(5), get(&pool, &uri))
             .await
-            .expect("the second request's deadline bounds its wait for the busy connection");
-        assert!(matches!(answer, Err(PoolError::TimedOut)), "{answer:?}");
-        assert!(tokio::time::Instant::now() >= deadline);
+            .expect("the busy connection is not waited for");
+        assert_eq!(answer, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //!
 //! hyper hands a message body from the connection's task to the body's reader through a
 //! channel. Unpatched, the reader taking a chunk wakes the connection's task even after the
-//! sender is gone, which it is for every body that arrived whole: each exchange then polls
-//! the upstream connection's task once more for nothing, and the server connection's task
-//! once more too (the request body's sender is its own dispatcher). A task poll per side per
-//! request was about 5% of the gateway's instructions a request (`benches/load/instructions.sh`).
+//! sender is gone, which it is for every Content-Length body read whole: each exchange then
+//! polls the upstream connection's task once more for nothing, and the server connection's
+//! task once more too (the request body's sender is its own dispatcher). The two polls were
+//! about 5% of the gateway's instructions a request (`benches/load/instructions.sh`).
 //! If this test fails, the `[patch.crates-io]` for hyper is gone or no longer applies.
 
 use std::future::Future;

@@ -174,7 +174,7 @@ impl Receiver {
         if let Some(item) = state.item.take() {
             // Wake the sender only if there is one: its waker stays registered after it is
             // dropped, and waking it then polls the connection's task for nothing (after
-            // every body that arrived whole: one extra task poll per exchange).
+            // every Content-Length body read whole: one extra task poll per exchange).
             let sender_open = state.sender_open;
             drop(state);
             if sender_open {
