@@ -3,11 +3,11 @@
 //! [`Workers`], and a graceful drain on shutdown ([`crate::drain`]).
 //!
 //! Workers: one single-threaded tokio runtime per core, each on its own thread, as nginx has
-//! one event loop per worker process. A connection, and every task its requests spawn (the
-//! upstream connection among them), stays on one thread: no work stealing, no cross-core
-//! wake-ups, no allocation freed on another core. In interleaved load rounds on 2 cores it
-//! raised throughput at c=32 from 0.86x to 0.95x nginx's against tokio's multi-threaded
-//! scheduler (benches/load/interleaved.sh).
+//! one event loop per worker process. A connection, every task its requests spawn, and the
+//! pooled upstream connections its requests poll stay on one thread: no work stealing, no
+//! cross-core wake-ups, no allocation freed on another core. In interleaved load rounds on 2
+//! cores it raised throughput at c=32 from 0.86x to 0.95x nginx's against tokio's
+//! multi-threaded scheduler (benches/load/interleaved.sh).
 //!
 //! Drain: stop accepting, flip readiness to draining, let in-flight requests and streams
 //! finish for up to the grace period (idle keep-alive connections close at once, HTTP/2 gets

@@ -40,6 +40,9 @@ pub enum ClientError {
     /// The request or the response head failed on an established connection.
     #[error("{0}")]
     Request(hyper::Error),
+    /// The connection ended without answering and without saying why.
+    #[error("upstream connection closed before a response head")]
+    Closed,
     #[error(transparent)]
     Legacy(#[from] hyper_util::client::legacy::Error),
 }
@@ -50,6 +53,7 @@ impl From<PoolError> for ClientError {
             PoolError::TimedOut => Self::TimedOut,
             PoolError::Connect(e) => Self::Connect(e),
             PoolError::Request(e) => Self::Request(e),
+            PoolError::Closed => Self::Closed,
         }
     }
 }
@@ -60,7 +64,7 @@ impl ClientError {
     pub fn is_connect(&self) -> bool {
         match self {
             Self::Connect(_) => true,
-            Self::Request(_) | Self::TimedOut => false,
+            Self::Request(_) | Self::Closed | Self::TimedOut => false,
             Self::Legacy(e) => e.is_connect(),
         }
     }
@@ -163,7 +167,11 @@ impl Body for UpstreamIncoming {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let frame = match this.guard.as_mut() {
+            // The pool's connection is polled by its response body (`pool.rs`).
+            Some(guard) => ready!(guard.poll_frame(&mut this.inner, cx)),
+            None => ready!(Pin::new(&mut this.inner).poll_frame(cx)),
+        };
         match &frame {
             Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
             Some(Ok(_)) => {}

@@ -64,12 +64,19 @@ async fn a_cut_json_body_is_an_error_for_the_client_not_a_short_answer() {
     })
     .await;
     let gw = Gateway::to(up.addr).await;
-    let res = send(gw.addr, post("/v1/chat/completions", CHAT, &[])).await;
-    assert_eq!(res.status(), 200);
-    assert!(
-        res.into_body().collect().await.is_err(),
-        "the client must see the cut"
-    );
+    // The cut reaches the client as a failed body after the head, or, when the cut arrives
+    // before the head was flushed, as a connection closed without a response: never as a
+    // complete answer.
+    match try_send(gw.addr, post("/v1/chat/completions", CHAT, &[])).await {
+        Ok(res) => {
+            assert_eq!(res.status(), 200);
+            assert!(
+                res.into_body().collect().await.is_err(),
+                "the client must see the cut"
+            );
+        }
+        Err(e) => assert!(e.is_incomplete_message(), "{e}"),
+    }
 }
 
 #[tokio::test]
