@@ -135,15 +135,27 @@ where
 /// drop the body without polling it again); if the body errs or is dropped before that, the
 /// guard is dropped with it and the connection closes, so a half-read response never leaves
 /// bytes on a connection someone else reuses.
+///
+/// A body error is returned one poll late: the task is woken and the poll answers Pending
+/// first, so hyper's server flushes what it holds (the head and the data before the error)
+/// before it sees the error and aborts the connection. A client then gets the status and
+/// the data, then the cut, rather than a connection closed with no response, whose request
+/// an SDK may retry.
 #[derive(Debug)]
 pub struct UpstreamIncoming {
     inner: Incoming,
     guard: Option<PoolGuard>,
+    /// The body's error, held back for one poll.
+    failed: Option<hyper::Error>,
 }
 
 impl UpstreamIncoming {
     fn new(inner: Incoming, guard: Option<PoolGuard>) -> Self {
-        let mut body = Self { inner, guard };
+        let mut body = Self {
+            inner,
+            guard,
+            failed: None,
+        };
         // An empty body (e.g. `content-length: 0`) is over before it is polled.
         if body.inner.is_end_stream() {
             body.release();
@@ -167,6 +179,9 @@ impl Body for UpstreamIncoming {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
         let frame = match this.guard.as_mut() {
             // The pool's connection is polled by its response body (`pool.rs`).
             Some(guard) => ready!(guard.poll_frame(&mut this.inner, cx)),
@@ -176,7 +191,12 @@ impl Body for UpstreamIncoming {
             Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
             Some(Ok(_)) => {}
             None => this.release(),
-            Some(Err(_)) => this.guard = None,
+            Some(Err(_)) => {
+                this.guard = None;
+                this.failed = frame.and_then(Result::err);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
         }
         Poll::Ready(frame)
     }

@@ -18,8 +18,7 @@
 //! the task of the client's connection. The response future and the body's channel are
 //! filled only by that poll, right before they are read, so they are read with a no-op
 //! waker: their hand-over wakes no task. An upstream that closes an idle connection is
-//! noticed when the connection is next used, before the request is written, and the request
-//! goes out on a new connection.
+//! noticed when the connection is next checked out ([`Http1Pool::checkout`]).
 //!
 //! The idle stacks are per worker thread (`server::worker_index`): a connection's socket
 //! and timer belong to the runtime of the thread that opened it, and a request reuses only
@@ -56,6 +55,11 @@ pub const MAX_IDLE: usize = 256;
 /// Idle connections older than this are dropped at the next checkout (the legacy client's
 /// `pool_idle_timeout`); upstream servers close idle connections themselves, typically sooner.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// An idle connection older than this is polled at checkout, to see whether the upstream
+/// closed it meanwhile ([`Http1Pool::checkout`]); under load connections idle for far less,
+/// and checkout costs no poll.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// TCP keep-alive on upstream connections, as the legacy client had.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -124,7 +128,9 @@ impl fmt::Debug for Conn {
 /// What one poll of a connection's future came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Driven {
-    /// It waits for the socket (or the first-byte timer) to wake the polling task.
+    /// Nothing more to do now. After [`Conn::drive`] the socket, the request channel or
+    /// the first-byte timer wakes the polling task; after [`Conn::drive_quietly`] nothing
+    /// does.
     Pending,
     /// The pending exchange's first-byte deadline passed.
     Expired,
@@ -246,6 +252,9 @@ impl Conn {
         &mut self,
         answer: Pin<&mut impl Future<Output = Answer>>,
     ) -> Poll<Result<Response<Incoming>, SendError>> {
+        // Unconstrained: with the task's budget spent, tokio's oneshot would answer Pending
+        // and wake the no-op waker, and an answer already there would be missed.
+        let answer = pin!(tokio::task::coop::unconstrained(answer));
         let answer = std::task::ready!(answer.poll(&mut Context::from_waker(Waker::noop())));
         // A head that raced the deadline is taken: it arrived.
         if let Some(driver) = self.driver.as_mut() {
@@ -305,10 +314,12 @@ impl PoolGuard {
             mut conn,
             home,
         } = self;
-        // Idle, and holding no task's waker ([`Conn::drive_quietly`]): usually so since the
-        // read that brought the response; otherwise one more quiet poll settles it. A
-        // connection that is not idle then (hyper still writing a request body the
-        // upstream answered early) is closed.
+        // Idle, its socket and request channel holding no task's waker
+        // ([`Conn::drive_quietly`]): so already when the quiet read that brought the head
+        // brought the whole body too (a small response); otherwise one more quiet poll
+        // settles it. A connection that is not idle then (hyper still writing a request body
+        // the upstream answered early) is closed. The first-byte timer keeps the last
+        // exchange's waker until it fires: at most one spurious wake-up a deadline period.
         if !(conn.quiet && conn.is_ready()) {
             conn.drive_quietly();
             if !conn.is_ready() {
@@ -426,6 +437,14 @@ impl Http1Pool {
     /// stack only once it is idle ([`PoolGuard::release`]), so one that is not ready is
     /// closed, not awaited: a new connection is quicker than a wait nothing bounds but the
     /// request's deadline.
+    ///
+    /// Nothing polls an idle connection, so an upstream's close is seen only when the
+    /// connection is polled again: a connection idle for [`RECHECK_AFTER`] is polled
+    /// quietly first, which reads a close the upstream sent meanwhile (its idle timeout,
+    /// typically 5 s or more) without a request spent on it. A close it misses is seen
+    /// before the request is written, and the request goes out on a new connection. A
+    /// closed connection keeps its socket until a checkout on its thread reaches it or
+    /// [`IDLE_TIMEOUT`] drops it.
     fn checkout(&self) -> Option<Conn> {
         let mut idle = self
             .idle
@@ -439,7 +458,10 @@ impl Http1Pool {
         {
             idle.pop_front();
         }
-        while let Some(c) = idle.pop_back() {
+        while let Some(mut c) = idle.pop_back() {
+            if now.saturating_duration_since(c.since) > RECHECK_AFTER {
+                c.conn.drive_quietly();
+            }
             if c.conn.is_ready() {
                 return Some(c.conn);
             }
@@ -575,6 +597,45 @@ mod tests {
             assert_eq!(get(&pool, &uri).await, "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_for_a_while_is_looked_at_for_a_close_at_checkout() {
+        // An upstream that answers one request, then closes the connection when told to
+        // and says so.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close_tx, close) = tokio::sync::oneshot::channel::<()>();
+        let (closed_tx, closed) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut chunk = [0u8; 1024];
+            let _ = s.read(&mut chunk).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            let _ = close.await;
+            drop(s);
+            let _ = closed_tx.send(());
+        });
+        let uri: Uri = format!("http://{addr}/v1/models").parse().unwrap();
+        let pool = Arc::new(Http1Pool::new(&uri, Duration::from_secs(1)).unwrap());
+        assert_eq!(get(&pool, &uri).await, "ok");
+        close_tx.send(()).unwrap();
+        closed.await.unwrap();
+        // A yield lets the runtime's reactor take in the close.
+        tokio::task::yield_now().await;
+        // Idle only just now: taken without a look (under load that costs nothing; the
+        // close would be seen as the request is sent, and the request retried).
+        let conn = pool.checkout().expect("the idle connection");
+        let long_ago = Instant::now()
+            .checked_sub(RECHECK_AFTER * 2)
+            .unwrap_or_else(Instant::now);
+        pool.idle[pool.home()].lock().unwrap().push_back(Idle {
+            conn,
+            since: long_ago,
+        });
+        assert!(pool.checkout().is_none(), "a closed connection is dropped");
     }
 
     #[tokio::test]

@@ -12,14 +12,6 @@ use tokio::net::TcpStream;
 
 /// Sends one request on a fresh connection and returns the response with its body unread.
 pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Response<Incoming> {
-    try_send(addr, req).await.expect("response")
-}
-
-/// [`send`], with the response's failure for the caller to inspect.
-pub async fn try_send(
-    addr: SocketAddr,
-    req: Request<Full<Bytes>>,
-) -> hyper::Result<Response<Incoming>> {
     let stream = TcpStream::connect(addr).await.expect("connect to gateway");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -33,6 +25,7 @@ pub async fn try_send(
     tokio::time::timeout(super::EVENT_TIMEOUT, sender.send_request(req))
         .await
         .expect("response in time")
+        .expect("response")
 }
 
 /// A POST with a body and extra headers.
